@@ -1,0 +1,56 @@
+"""The exception tree.
+
+Every failure to open an envelope is an :class:`EnvelopeError`, so callers (the backend, the CLI,
+a fuzzer) catch one class. Messages name what failed (the object key, the KEK id, the field), never
+key material or plaintext.
+"""
+
+from __future__ import annotations
+
+
+class EnvelopeError(Exception):
+    """Root of every error raised while sealing or opening an envelope."""
+
+
+class NotAnEnvelope(EnvelopeError):
+    """The bytes do not start with the envelope magic (e.g. a plaintext legacy result)."""
+
+
+class UnsupportedVersion(EnvelopeError):
+    """The magic matches but the format version or a registered id is unknown to this release."""
+
+
+class IntegrityError(EnvelopeError):
+    """The envelope was changed, truncated, moved to another key, or spliced from others."""
+
+
+class UnknownKey(EnvelopeError):
+    """The envelope names a KEK id the keyring does not hold (or no longer allows to be used)."""
+
+    def __init__(self, message: str, kek_id: str | None = None) -> None:
+        super().__init__(message)
+        self.kek_id = kek_id
+
+
+class RetiredKey(UnknownKey):
+    """The KEK exists in the keyring but is retired: nothing is opened or sealed with it."""
+
+
+class SizeLimitExceeded(EnvelopeError):
+    """A payload is (or claims to be) larger than the configured maximum."""
+
+
+class KeyringError(EnvelopeError):
+    """A keyring is malformed or inconsistent (no active key, duplicate ids, bad key material)."""
+
+
+__all__ = [
+    "EnvelopeError",
+    "IntegrityError",
+    "KeyringError",
+    "NotAnEnvelope",
+    "RetiredKey",
+    "SizeLimitExceeded",
+    "UnknownKey",
+    "UnsupportedVersion",
+]

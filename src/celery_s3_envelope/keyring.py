@@ -1,0 +1,340 @@
+"""Key-encryption keys (KEKs): load a keyring, pick the active KEK, wrap and unwrap DEKs.
+
+A keyring is a small JSON document (``keys.example`` shows it)::
+
+    {"version": 1, "keys": [{"id": "k1", "state": "active", "created": "...", "key": "<base64>"}]}
+
+States: ``active`` (exactly one: seals new envelopes and opens old ones), ``decrypt`` (opens only)
+and ``retired`` (kept for the record, refuses to open anything: the step before destroying it).
+
+A local KEK never encrypts two DEKs under the same key: each DEK is wrapped with AES key wrap
+(RFC 3394, nonce-free) under a wrapping key that HKDF-SHA256 derives from the KEK, the envelope's
+salt and a digest of its sealed part. The wrap is therefore bound to the envelope it belongs to,
+and no nonce budget limits how many results one KEK may protect (``docs/format.md``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import stat
+import tempfile
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
+
+from .envelope import WrapMethod
+from .errors import IntegrityError, KeyringError, RetiredKey, UnknownKey
+
+KEY_SIZE = 32
+KEYRING_VERSION = 1
+DEFAULT_ENV_VAR = "CELERY_S3_ENVELOPE_KEYRING"
+WRAP_LABEL = b"celery-s3-envelope/v1/wrap\x00"
+EXAMPLE_MARKER = b"EXAMPLE KEY"
+"""Key material in ``keys.example`` starts with these bytes; loading it warns."""
+
+
+class InsecureKeyringWarning(UserWarning):
+    """A keyring file others can read, or a keyring holding the published example keys."""
+
+
+class KeyState(StrEnum):
+    ACTIVE = "active"
+    DECRYPT = "decrypt"
+    RETIRED = "retired"
+
+
+class KeyEntry(ABC):
+    """One KEK: an id, a state, a creation time, and a way to wrap and unwrap DEKs."""
+
+    method: WrapMethod
+
+    def __init__(self, kek_id: str, state: KeyState, created: datetime) -> None:
+        if not kek_id or len(kek_id.encode("utf-8")) > 255:
+            raise KeyringError("a KEK id is 1 to 255 bytes of UTF-8")
+        self.id = kek_id
+        self.state = state
+        self.created = created
+
+    @abstractmethod
+    def wrap(self, dek: bytes, *, salt: bytes, associated_data: bytes) -> bytes:
+        """The wrap body stored in the key slot for ``dek``, bound to the envelope."""
+
+    @abstractmethod
+    def unwrap(self, body: bytes, *, salt: bytes, associated_data: bytes) -> bytes:
+        """The DEK from a wrap body; ``IntegrityError`` when it was not made for this envelope."""
+
+    @abstractmethod
+    def with_state(self, state: KeyState) -> KeyEntry:
+        """A copy of this entry in another state."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as stored in a keyring file (key material included)."""
+
+    def describe(self) -> dict[str, str]:
+        """What may be shown to a person: never key material."""
+        return {"id": self.id, "state": str(self.state), "created": _format_time(self.created)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, state={self.state.value!r})"
+
+
+class LocalKey(KeyEntry):
+    """A 32-byte AES key held in the keyring itself."""
+
+    method = WrapMethod.LOCAL
+
+    def __init__(
+        self, kek_id: str, material: bytes, state: KeyState, created: datetime | None = None
+    ) -> None:
+        super().__init__(kek_id, state, created or datetime.now(UTC))
+        if len(material) != KEY_SIZE:
+            raise KeyringError(f"key {kek_id!r}: key material must be {KEY_SIZE} bytes")
+        self._material = bytes(material)
+        self._id_bytes = kek_id.encode("utf-8")
+
+    def _wrapping_key(self, salt: bytes, associated_data: bytes) -> bytes:
+        info = b"".join(
+            (
+                WRAP_LABEL,
+                bytes((self.method, len(self._id_bytes))),
+                self._id_bytes,
+                hashlib.sha256(associated_data).digest(),
+            )
+        )
+        return HKDF(hashes.SHA256(), KEY_SIZE, salt, info).derive(self._material)
+
+    def wrap(self, dek: bytes, *, salt: bytes, associated_data: bytes) -> bytes:
+        return aes_key_wrap(self._wrapping_key(salt, associated_data), dek)
+
+    def unwrap(self, body: bytes, *, salt: bytes, associated_data: bytes) -> bytes:
+        try:
+            return aes_key_unwrap(self._wrapping_key(salt, associated_data), body)
+        except (InvalidUnwrap, ValueError):
+            raise IntegrityError(
+                f"wrapped data key does not open with KEK {self.id!r} for this envelope "
+                "(key slot changed, spliced from another envelope, or wrong key material)"
+            ) from None
+
+    def with_state(self, state: KeyState) -> LocalKey:
+        return LocalKey(self.id, self._material, state, self.created)
+
+    def to_dict(self) -> dict[str, Any]:
+        entry = self.describe()
+        entry["key"] = base64.b64encode(self._material).decode("ascii")
+        return entry
+
+    @property
+    def is_example(self) -> bool:
+        return self._material.startswith(EXAMPLE_MARKER)
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: object, kek_id: str) -> datetime:
+    if not isinstance(value, str):
+        raise KeyringError(f"key {kek_id!r}: 'created' must be an ISO 8601 timestamp")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise KeyringError(f"key {kek_id!r}: 'created' is not an ISO 8601 timestamp") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _entry_from_dict(raw: object) -> KeyEntry:
+    if not isinstance(raw, Mapping):
+        raise KeyringError("each keyring entry must be an object")
+    kek_id = raw.get("id")
+    if not isinstance(kek_id, str):
+        raise KeyringError("a keyring entry has no string 'id'")
+    try:
+        state = KeyState(str(raw.get("state")))
+    except ValueError:
+        raise KeyringError(
+            f"key {kek_id!r}: 'state' must be one of {', '.join(s.value for s in KeyState)}"
+        ) from None
+    created = _parse_time(raw.get("created"), kek_id)
+    if "key" in raw:
+        material = raw["key"]
+        if not isinstance(material, str):
+            raise KeyringError(f"key {kek_id!r}: 'key' must be base64 text")
+        try:
+            decoded = base64.b64decode(material, validate=True)
+        except (binascii.Error, ValueError):
+            raise KeyringError(f"key {kek_id!r}: 'key' is not valid base64") from None
+        return LocalKey(kek_id, decoded, state, created)
+    raise KeyringError(f"key {kek_id!r}: no key material ('key')")
+
+
+class Keyring:
+    """An immutable set of KEKs with exactly one active; edits return a new keyring."""
+
+    def __init__(self, entries: Iterable[KeyEntry]) -> None:
+        self._entries: dict[str, KeyEntry] = {}
+        for entry in entries:
+            if entry.id in self._entries:
+                raise KeyringError(f"duplicate key id {entry.id!r} in keyring")
+            self._entries[entry.id] = entry
+        active = [e for e in self._entries.values() if e.state is KeyState.ACTIVE]
+        if len(active) != 1:
+            raise KeyringError(
+                f"a keyring needs exactly one active key, this one has {len(active)}"
+            )
+        self._active = active[0]
+        if any(isinstance(e, LocalKey) and e.is_example for e in self._entries.values()):
+            warnings.warn(
+                "this keyring holds the published example keys from keys.example: "
+                "they protect nothing; generate your own with `celery-s3-envelope keys generate`",
+                InsecureKeyringWarning,
+                stacklevel=2,
+            )
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def generate(cls, kek_id: str = "k1") -> Keyring:
+        """A new keyring holding one fresh random active KEK."""
+        return cls([LocalKey(kek_id, os.urandom(KEY_SIZE), KeyState.ACTIVE)])
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> Keyring:
+        if not isinstance(document, Mapping):
+            raise KeyringError("a keyring must be a JSON object")
+        version = document.get("version", KEYRING_VERSION)
+        if version != KEYRING_VERSION:
+            raise KeyringError(f"unsupported keyring version {version!r}")
+        raw_entries = document.get("keys")
+        if not isinstance(raw_entries, list) or not raw_entries:
+            raise KeyringError("a keyring needs a non-empty 'keys' list")
+        return cls(_entry_from_dict(raw) for raw in raw_entries)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Keyring:
+        try:
+            document = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            # The position only: the text may hold key material.
+            raise KeyringError(f"keyring is not valid JSON ({type(exc).__name__})") from None
+        return cls.from_dict(document)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Keyring:
+        """Load a keyring file; warns when group or others may read it."""
+        path = Path(path)
+        try:
+            mode = path.stat().st_mode
+            text = path.read_bytes()
+        except OSError as exc:
+            raise KeyringError(f"cannot read keyring file {str(path)!r}: {exc.strerror}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            warnings.warn(
+                f"keyring file {str(path)!r} is accessible by group or others "
+                f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}",
+                InsecureKeyringWarning,
+                stacklevel=2,
+            )
+        return cls.from_json(text)
+
+    @classmethod
+    def from_env(cls, variable: str = DEFAULT_ENV_VAR) -> Keyring:
+        """Load a keyring from an environment variable holding its JSON."""
+        text = os.environ.get(variable)
+        if not text:
+            raise KeyringError(f"environment variable {variable} is not set")
+        return cls.from_json(text)
+
+    # -- saving -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The keyring document, key material included: handle it as a secret."""
+        return {"version": KEYRING_VERSION, "keys": [e.to_dict() for e in self._entries.values()]}
+
+    def to_file(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically (temp file, fsync, rename) with mode 0600."""
+        path = Path(path)
+        data = (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    # -- lookup -------------------------------------------------------------------------------
+    @property
+    def active(self) -> KeyEntry:
+        return self._active
+
+    def get(self, kek_id: str) -> KeyEntry:
+        """The entry named ``kek_id`` in any state; ``UnknownKey`` when absent."""
+        try:
+            return self._entries[kek_id]
+        except KeyError:
+            raise UnknownKey(f"KEK {kek_id!r} is not in the keyring", kek_id) from None
+
+    def for_unwrap(self, kek_id: str) -> KeyEntry:
+        """The entry that opens envelopes: absent -> ``UnknownKey``, retired -> ``RetiredKey``."""
+        entry = self.get(kek_id)
+        if entry.state is KeyState.RETIRED:
+            raise RetiredKey(
+                f"KEK {kek_id!r} is retired: results under it are no longer opened "
+                "(set its state to 'decrypt' to read them, or rotate them first)",
+                kek_id,
+            )
+        return entry
+
+    # -- edits (new keyrings) -----------------------------------------------------------------
+    def with_entry(self, entry: KeyEntry, *, activate: bool = False) -> Keyring:
+        """A keyring with ``entry`` added; ``activate`` demotes the old active key to decrypt."""
+        entries = list(self._entries.values())
+        if activate:
+            entries = [_demoted(e) for e in entries]
+            entry = entry.with_state(KeyState.ACTIVE)
+        return Keyring([*entries, entry])
+
+    def with_state(self, kek_id: str, state: KeyState) -> Keyring:
+        """A keyring with ``kek_id`` moved to ``state`` (activating demotes the old active key)."""
+        target = self.get(kek_id)
+        entries = list(self._entries.values())
+        if state is KeyState.ACTIVE:
+            entries = [_demoted(e) for e in entries]
+        return Keyring(target.with_state(state) if e.id == kek_id else e for e in entries)
+
+    def __iter__(self) -> Iterator[KeyEntry]:
+        return iter(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, kek_id: object) -> bool:
+        return kek_id in self._entries
+
+    def __repr__(self) -> str:
+        keys = ", ".join(f"{e.id}:{e.state.value}" for e in self._entries.values())
+        return f"Keyring(active={self._active.id!r}, keys=[{keys}])"
+
+
+def _demoted(entry: KeyEntry) -> KeyEntry:
+    return entry.with_state(KeyState.DECRYPT) if entry.state is KeyState.ACTIVE else entry

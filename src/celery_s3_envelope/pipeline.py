@@ -1,0 +1,285 @@
+"""The codec: serialize -> compress -> encrypt, and back.
+
+Each stage is a small object with ``encode`` / ``decode``; what a stage did is recorded in the
+envelope header (payload kind, compression, sizes), so decoding needs no configuration beyond
+the keyring and a size limit. No Celery, no boto3: the offline decode helper runs on this alone.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+from dataclasses import dataclass
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .envelope import (
+    COMMITMENT_SIZE,
+    SALT_SIZE,
+    TAG_SIZE,
+    VERSION,
+    Compression,
+    EnvelopeHeader,
+    PayloadKind,
+    Suite,
+    associated_data,
+    pack,
+    unpack,
+)
+from .errors import IntegrityError, SizeLimitExceeded, UnsupportedVersion
+from .keyring import KeyEntry, Keyring
+
+DEK_SIZE = 32
+NONCE_SIZE = 12
+CONTENT_LABEL = b"celery-s3-envelope/v1/content\x00"
+DEFAULT_COMPRESSION_LEVEL = 3
+DEFAULT_COMPRESSION_MIN_SIZE = 256
+DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+
+
+class SerializeStage:
+    """str <-> UTF-8 bytes (lone surrogates passed through), bytes unchanged; remembers which."""
+
+    def encode(self, value: str | bytes) -> tuple[bytes, PayloadKind]:
+        if isinstance(value, str):
+            return value.encode("utf-8", "surrogatepass"), PayloadKind.TEXT
+        if isinstance(value, bytes | bytearray | memoryview):
+            return bytes(value), PayloadKind.BYTES
+        raise TypeError(f"only str or bytes can be sealed, not {type(value).__name__}")
+
+    def decode(self, data: bytes, kind: PayloadKind) -> str | bytes:
+        if kind is PayloadKind.BYTES:
+            return data
+        try:
+            return data.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            raise IntegrityError("text payload is not valid UTF-8") from None
+
+
+class CompressStage:
+    """zstd above a size threshold; bounded decompression.
+
+    zstd contexts are reused, one per thread (python-zstandard objects are not thread-safe).
+    Decompression refuses any frame whose size is unknown or differs from the header's
+    declared size, so it never allocates more than ``min(declared, max_size)``.
+    """
+
+    def __init__(self, level: int, min_size: int) -> None:
+        if not -7 <= level <= 22:
+            raise ValueError("zstd compression level must be between -7 and 22")
+        if min_size < 0:
+            raise ValueError("compression minimum size must be >= 0")
+        self.level = level
+        self.min_size = min_size
+        self._local = threading.local()
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        compressor: zstandard.ZstdCompressor | None = getattr(self._local, "c", None)
+        if compressor is None:
+            compressor = self._local.c = zstandard.ZstdCompressor(
+                level=self.level, write_content_size=True
+            )
+        return compressor
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        decompressor: zstandard.ZstdDecompressor | None = getattr(self._local, "d", None)
+        if decompressor is None:
+            decompressor = self._local.d = zstandard.ZstdDecompressor()
+        return decompressor
+
+    def encode(self, data: bytes, *, enabled: bool = True) -> tuple[bytes, Compression]:
+        if not enabled or len(data) < self.min_size:
+            return data, Compression.NONE
+        compressed: bytes = self._compressor().compress(data)
+        if len(compressed) >= len(data):  # incompressible: store as is, save the decode work
+            return data, Compression.NONE
+        return compressed, Compression.ZSTD
+
+    def decode(self, data: bytes, header: EnvelopeHeader) -> bytes:
+        declared = header.payload_size
+        if header.compression is Compression.NONE:
+            if len(data) != declared:
+                raise IntegrityError("payload length differs from the header's declared size")
+            return data
+        if header.compression is not Compression.ZSTD:
+            raise UnsupportedVersion("zstd dictionaries are not supported by this release")
+        try:
+            frame_size = zstandard.frame_content_size(data)
+        except zstandard.ZstdError:
+            raise IntegrityError("compressed payload is not a zstd frame") from None
+        if frame_size != declared:
+            raise SizeLimitExceeded(
+                f"compressed payload would expand to {frame_size} bytes, "
+                f"the header declares {declared}"
+            )
+        if declared == 0:
+            return b""
+        stream = self._decompressor().decompressobj(write_size=declared)
+        try:
+            out: bytes = stream.decompress(data)
+        except zstandard.ZstdError:
+            raise IntegrityError("compressed payload is corrupt") from None
+        if len(out) != declared or not stream.eof or stream.unused_data:
+            raise IntegrityError("compressed payload does not match its declared size")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ContentKeys:
+    key: bytes
+    nonce: bytes
+    commitment: bytes
+
+
+def derive_content_keys(dek: bytes, salt: bytes, suite: Suite) -> ContentKeys:
+    """HKDF-SHA256(DEK, salt) -> content key (32) || nonce (12) || key commitment (32)."""
+    okm = HKDF(
+        hashes.SHA256(),
+        DEK_SIZE + NONCE_SIZE + COMMITMENT_SIZE,
+        salt,
+        CONTENT_LABEL + bytes((suite,)),
+    ).derive(dek)
+    return ContentKeys(
+        okm[:DEK_SIZE], okm[DEK_SIZE : DEK_SIZE + NONCE_SIZE], okm[DEK_SIZE + NONCE_SIZE :]
+    )
+
+
+class EncryptStage:
+    """AES-256-GCM under a fresh DEK per envelope, the DEK wrapped by a KEK in the key slot."""
+
+    suite = Suite.AES256GCM_HKDF_SHA256_COMMIT
+
+    def seal(
+        self,
+        plaintext: bytes,
+        header: EnvelopeHeader,
+        kek: KeyEntry,
+        *,
+        dek: bytes | None = None,
+        salt: bytes | None = None,
+    ) -> bytes:
+        """Encrypt ``plaintext`` and pack the envelope; ``dek``/``salt`` are for test vectors."""
+        if dek is None or salt is None:
+            fresh = os.urandom(DEK_SIZE + SALT_SIZE)
+            dek, salt = fresh[:DEK_SIZE], fresh[DEK_SIZE:]
+        keys = derive_content_keys(dek, salt, self.suite)
+        sealed = EnvelopeHeader(
+            version=VERSION,
+            suite=self.suite,
+            payload_kind=header.payload_kind,
+            compression=header.compression,
+            dictionary_id=header.dictionary_id,
+            payload_size=header.payload_size,
+            salt=salt,
+            commitment=keys.commitment,
+            key=header.key,
+            wrap_method=kek.method,
+            kek_id=kek.id,
+            wrap_body=b"",
+        )
+        aad = associated_data(sealed)
+        body = kek.wrap(dek, salt=salt, associated_data=aad)
+        ciphertext = AESGCM(keys.key).encrypt(keys.nonce, plaintext, aad)
+        return pack(
+            sealed.with_slot(wrap_method=kek.method, kek_id=kek.id, wrap_body=body), ciphertext
+        )
+
+    def open(
+        self, header: EnvelopeHeader, aad: bytes, ciphertext: memoryview, kek: KeyEntry
+    ) -> bytes:
+        """Unwrap the DEK, check the key commitment, then decrypt and authenticate."""
+        if kek.method is not header.wrap_method:
+            raise IntegrityError(
+                f"key slot's wrap method {header.wrap_method.name} does not match "
+                f"KEK {kek.id!r} ({kek.method.name})"
+            )
+        dek = kek.unwrap(header.wrap_body, salt=header.salt, associated_data=aad)
+        keys = derive_content_keys(dek, header.salt, header.suite)
+        if not hmac.compare_digest(keys.commitment, header.commitment):
+            raise IntegrityError("key commitment mismatch: the data key does not belong here")
+        try:
+            return AESGCM(keys.key).decrypt(keys.nonce, ciphertext, aad)
+        except InvalidTag:
+            raise IntegrityError("payload authentication failed (envelope changed)") from None
+
+
+class Pipeline:
+    """The configured codec: ``seal`` a value for an object key, ``unseal`` it back."""
+
+    def __init__(
+        self,
+        *,
+        compression_level: int = DEFAULT_COMPRESSION_LEVEL,
+        compression_min_size: int = DEFAULT_COMPRESSION_MIN_SIZE,
+        max_size: int = DEFAULT_MAX_SIZE,
+    ) -> None:
+        if max_size <= 0:
+            raise ValueError("max_size must be positive")
+        self.serialize = SerializeStage()
+        self.compress = CompressStage(compression_level, compression_min_size)
+        self.encrypt = EncryptStage()
+        self.max_size = max_size
+
+    def seal(
+        self,
+        value: str | bytes,
+        *,
+        key: str,
+        keyring: Keyring,
+        compress: bool = True,
+        dek: bytes | None = None,
+        salt: bytes | None = None,
+    ) -> bytes:
+        """Seal ``value`` for the object ``key`` under the keyring's active KEK."""
+        data, kind = self.serialize.encode(value)
+        if len(data) > self.max_size:
+            raise SizeLimitExceeded(
+                f"value of {len(data)} bytes exceeds the maximum of {self.max_size}"
+            )
+        payload, compression = self.compress.encode(data, enabled=compress)
+        draft = EnvelopeHeader(
+            version=VERSION,
+            suite=self.encrypt.suite,
+            payload_kind=kind,
+            compression=compression,
+            dictionary_id=0,
+            payload_size=len(data),
+            salt=b"",
+            commitment=b"",
+            key=key,
+            wrap_method=keyring.active.method,
+            kek_id=keyring.active.id,
+            wrap_body=b"",
+        )
+        return self.encrypt.seal(payload, draft, keyring.active, dek=dek, salt=salt)
+
+    def unseal(self, envelope: bytes, *, keyring: Keyring, key: str | None = None) -> str | bytes:
+        """Open ``envelope``; with ``key``, refuse one sealed for another object key."""
+        parts = unpack(envelope)
+        header = parts.header
+        if key is not None and header.key != key:
+            raise IntegrityError(
+                f"envelope was sealed for object key {header.key!r}, read from {key!r}"
+            )
+        if header.payload_size > self.max_size:
+            raise SizeLimitExceeded(
+                f"envelope declares {header.payload_size} bytes, "
+                f"more than the maximum of {self.max_size}"
+            )
+        max_ciphertext = header.payload_size + TAG_SIZE
+        if header.compression is Compression.NONE and len(parts.ciphertext) != max_ciphertext:
+            raise IntegrityError("payload length differs from the header's declared size")
+        kek = keyring.for_unwrap(header.kek_id)
+        plaintext = self.encrypt.open(header, parts.associated_data, parts.ciphertext, kek)
+        data = self.compress.decode(plaintext, header)
+        return self.serialize.decode(data, header.payload_kind)
+
+
+def inspect(envelope: bytes) -> EnvelopeHeader:
+    """The header of an envelope (or of its first ``header_size`` bytes); no key needed."""
+    return unpack(envelope, header_only=True).header
