@@ -41,6 +41,7 @@ _SEALED_TAIL = struct.Struct(
     f">Q{SALT_SIZE}s{COMMITMENT_SIZE}sH"
 )  # size, salt, commitment, key_len
 _SLOT_HEAD = struct.Struct(">BB")  # wrap_method, kek_id_length
+LOCAL_WRAP_BODY_SIZE = 40  # AES-KW (RFC 3394) output for a 32-byte DEK
 
 
 class Suite(IntEnum):
@@ -220,6 +221,9 @@ def unpack(data: bytes, *, header_only: bool = False) -> Unpacked:
         raise IntegrityError("envelope header truncated or malformed") from None
     except UnicodeDecodeError:
         raise IntegrityError("envelope header holds invalid UTF-8") from None
+    wrap_method = _enum(WrapMethod, method_id, "wrap method")
+    if wrap_method is WrapMethod.LOCAL and len(wrap_body) != LOCAL_WRAP_BODY_SIZE:
+        raise IntegrityError("key slot's wrapped data key has the wrong length")
     header = EnvelopeHeader(
         version=VERSION,
         suite=_enum(Suite, suite_id, "cipher suite"),
@@ -230,7 +234,7 @@ def unpack(data: bytes, *, header_only: bool = False) -> Unpacked:
         salt=salt,
         commitment=commitment,
         key=key,
-        wrap_method=_enum(WrapMethod, method_id, "wrap method"),
+        wrap_method=wrap_method,
         kek_id=kek_id,
         wrap_body=wrap_body,
         header_size=total,
