@@ -14,9 +14,7 @@ from pathlib import Path
 
 from celery_s3_envelope.envelope import (
     Compression,
-    EnvelopeHeader,
     PayloadKind,
-    Suite,
     WrapMethod,
     associated_data,
     pack,
@@ -57,23 +55,6 @@ RESULT_JSON = json.dumps(
 )
 
 
-def draft(key: str, kind: PayloadKind, compression: Compression, size: int) -> EnvelopeHeader:
-    return EnvelopeHeader(
-        version=1,
-        suite=Suite.AES256GCM_HKDF_SHA256_COMMIT,
-        payload_kind=kind,
-        compression=compression,
-        dictionary_id=0,
-        payload_size=size,
-        salt=b"",
-        commitment=b"",
-        key=key,
-        wrap_method=WrapMethod.LOCAL,
-        kek_id="",
-        wrap_body=b"",
-    )
-
-
 def seal_case(
     description: str,
     value: str | bytes,
@@ -86,7 +67,14 @@ def seal_case(
     payload, compression = PIPELINE.compress.encode(data)
     dek, salt = fixed(seed + 50, 32), fixed(seed + 150, 16)
     envelope = ENCRYPT.seal(
-        payload, draft(key, kind, compression, len(data)), KEYRING.get(kek_id), dek=dek, salt=salt
+        payload,
+        payload_kind=kind,
+        compression=compression,
+        payload_size=len(data),
+        key=key,
+        kek=KEYRING.get(kek_id),
+        dek=dek,
+        salt=salt,
     )
     case: dict[str, object] = {"description": description, "key": key, "kek_id": kek_id}
     case.update({"text": value} if isinstance(value, str) else {"bytes_hex": value.hex()})
@@ -155,8 +143,11 @@ def main() -> None:
     bomb_frame = PIPELINE.compress._compressor().compress(b"\0" * (1 << 20))
     bomb = ENCRYPT.seal(
         bomb_frame,
-        draft(TASK_KEY, PayloadKind.BYTES, Compression.ZSTD, 1024),
-        KEYRING.get("k1"),
+        payload_kind=PayloadKind.BYTES,
+        compression=Compression.ZSTD,
+        payload_size=1024,
+        key=TASK_KEY,
+        kek=KEYRING.get("k1"),
         dek=fixed(60, 32),
         salt=fixed(160, 16),
     )

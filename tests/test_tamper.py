@@ -86,22 +86,14 @@ def test_retired_kek_is_refused_clearly() -> None:
 
 def _sealed_frame(frame: bytes, declared: int) -> bytes:
     """A correctly encrypted envelope around any zstd frame (what a KEK holder could make)."""
-    header = unpack(cse.seal("", key=KEY, keyring=KEYRING)).header
-    draft = type(header)(
-        version=1,
-        suite=header.suite,
+    return EncryptStage().seal(
+        frame,
         payload_kind=PayloadKind.BYTES,
         compression=Compression.ZSTD,
-        dictionary_id=0,
         payload_size=declared,
-        salt=b"",
-        commitment=b"",
         key=KEY,
-        wrap_method=header.wrap_method,
-        kek_id="k1",
-        wrap_body=b"",
+        kek=KEYRING.active,
     )
-    return EncryptStage().seal(frame, draft, KEYRING.active)
 
 
 @pytest.mark.parametrize("declared", [1024, DEFAULT_MAX_SIZE + 1, 2**63])

@@ -49,7 +49,16 @@ def test_valid_vector_is_reproduced_byte_for_byte(case: dict[str, Any]) -> None:
     if header.compression is Compression.ZSTD:
         # The frame is part of the vector, so a different zstd release cannot break it.
         frame = bytes.fromhex(case["frame_hex"])
-        rebuilt = EncryptStage().seal(frame, header, kek, dek=dek, salt=salt)
+        rebuilt = EncryptStage().seal(
+            frame,
+            payload_kind=header.payload_kind,
+            compression=header.compression,
+            payload_size=header.payload_size,
+            key=header.key,
+            kek=kek,
+            dek=dek,
+            salt=salt,
+        )
     else:
         keyring = cse.Keyring([kek.with_state(cse.KeyState.ACTIVE)])
         rebuilt = Pipeline().seal(

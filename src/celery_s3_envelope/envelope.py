@@ -118,45 +118,94 @@ class Unpacked:
     """The payload (ciphertext and tag), a view into the caller's buffer: not copied."""
 
 
-def _sealed_part(h: EnvelopeHeader) -> bytes:
-    key = h.key.encode("utf-8")
-    if len(h.salt) != SALT_SIZE or len(h.commitment) != COMMITMENT_SIZE:
+def sealed_part(
+    *,
+    suite: int,
+    payload_kind: int,
+    compression: int,
+    dictionary_id: int,
+    payload_size: int,
+    salt: bytes,
+    commitment: bytes,
+    key: bytes,
+) -> bytes:
+    """The sealed part's bytes (``suite`` .. ``key``): fixed once an envelope is sealed."""
+    if len(salt) != SALT_SIZE or len(commitment) != COMMITMENT_SIZE:
         raise ValueError("salt and commitment must be 16 and 32 bytes")
-    if h.compression is Compression.ZSTD_DICTIONARY:
-        dictionary = _DICTIONARY_ID.pack(h.dictionary_id)
-    elif h.dictionary_id:
+    if compression == Compression.ZSTD_DICTIONARY:
+        dictionary = _DICTIONARY_ID.pack(dictionary_id)
+    elif dictionary_id:
         raise ValueError("a dictionary id needs compression ZSTD_DICTIONARY")
     else:
         dictionary = b""
     return b"".join(
         (
-            _SEALED_HEAD.pack(h.suite, h.payload_kind, h.compression),
+            _SEALED_HEAD.pack(suite, payload_kind, compression),
             dictionary,
-            _SEALED_TAIL.pack(h.payload_size, h.salt, h.commitment, len(key)),
+            _SEALED_TAIL.pack(payload_size, salt, commitment, len(key)),
             key,
         )
     )
 
 
-def associated_data(header: EnvelopeHeader) -> bytes:
+_AAD_PREFIX = MAGIC + bytes((VERSION,))
+
+
+def associated_data_for(sealed: bytes) -> bytes:
     """The payload's AEAD associated data: magic, version and the sealed part."""
-    return MAGIC + bytes((header.version,)) + _sealed_part(header)
+    return _AAD_PREFIX + sealed
+
+
+def associated_data(header: EnvelopeHeader) -> bytes:
+    """The associated data of ``header``'s envelope."""
+    return associated_data_for(_sealed_part_of(header))
+
+
+def _sealed_part_of(h: EnvelopeHeader) -> bytes:
+    return sealed_part(
+        suite=h.suite,
+        payload_kind=h.payload_kind,
+        compression=h.compression,
+        dictionary_id=h.dictionary_id,
+        payload_size=h.payload_size,
+        salt=h.salt,
+        commitment=h.commitment,
+        key=h.key.encode("utf-8"),
+    )
+
+
+def pack_parts(
+    sealed: bytes, wrap_method: int, kek_id: bytes, wrap_body: bytes, ciphertext: bytes
+) -> bytes:
+    """Assemble an envelope from its sealed part, key slot fields and payload."""
+    if not 1 <= len(kek_id) <= 255:
+        raise ValueError("a KEK id is 1 to 255 bytes of UTF-8")
+    header_length = PREAMBLE_SIZE + len(sealed) + _SLOT_HEAD.size + len(kek_id) + len(wrap_body)
+    if header_length > MAX_HEADER_SIZE:
+        raise ValueError("envelope header too long (object key or wrap body too large)")
+    return b"".join(
+        (
+            _PREAMBLE.pack(MAGIC, VERSION, header_length),
+            sealed,
+            _SLOT_HEAD.pack(wrap_method, len(kek_id)),
+            kek_id,
+            wrap_body,
+            ciphertext,
+        )
+    )
 
 
 def pack(header: EnvelopeHeader, ciphertext: bytes) -> bytes:
     """Serialize ``header`` and append ``ciphertext`` (GCM output, tag included)."""
     if header.version != VERSION:
         raise ValueError(f"this release writes format version {VERSION} only")
-    kek_id = header.kek_id.encode("utf-8")
-    if not 1 <= len(kek_id) <= 255:
-        raise ValueError("a KEK id is 1 to 255 bytes of UTF-8")
-    sealed = _sealed_part(header)
-    slot = _SLOT_HEAD.pack(header.wrap_method, len(kek_id)) + kek_id + header.wrap_body
-    header_length = PREAMBLE_SIZE + len(sealed) + len(slot)
-    if header_length > MAX_HEADER_SIZE:
-        raise ValueError("envelope header too long (object key or wrap body too large)")
-    preamble = _PREAMBLE.pack(MAGIC, header.version, header_length)
-    return b"".join((preamble, sealed, slot, ciphertext))
+    return pack_parts(
+        _sealed_part_of(header),
+        header.wrap_method,
+        header.kek_id.encode("utf-8"),
+        header.wrap_body,
+        ciphertext,
+    )
 
 
 def header_length(prefix: bytes) -> int:
@@ -172,13 +221,17 @@ def header_length(prefix: bytes) -> int:
 
 
 _E = TypeVar("_E", bound=IntEnum)
+_MEMBERS: dict[type[IntEnum], dict[int, IntEnum]] = {
+    kind: {member.value: member for member in kind}
+    for kind in (Suite, PayloadKind, Compression, WrapMethod)
+}
 
 
 def _enum(kind: type[_E], value: int, what: str) -> _E:
-    try:
-        return kind(value)
-    except ValueError:
-        raise UnsupportedVersion(f"unknown {what} id {value} in envelope header") from None
+    member = _MEMBERS[kind].get(value)
+    if member is None:
+        raise UnsupportedVersion(f"unknown {what} id {value} in envelope header")
+    return member  # type: ignore[return-value]
 
 
 def unpack(data: bytes, *, header_only: bool = False) -> Unpacked:
@@ -187,48 +240,40 @@ def unpack(data: bytes, *, header_only: bool = False) -> Unpacked:
     ``header_only`` accepts a prefix that ends after the header (a ranged GET); the returned
     ciphertext is then whatever followed the header in ``data``.
     """
-    view = memoryview(data)
+    data = bytes(data)
     total = header_length(data[:PREAMBLE_SIZE])
     if total > len(data):
         raise IntegrityError("envelope truncated inside its header")
-    if total < PREAMBLE_SIZE + _SEALED_HEAD.size:
-        raise IntegrityError("envelope header length too small")
-    pos = PREAMBLE_SIZE
+    header = data[:total]  # every read below stays inside the header
     try:
-        suite_id, kind_id, compression_id = _SEALED_HEAD.unpack_from(view, pos)
-        pos += _SEALED_HEAD.size
-        compression = _enum(Compression, compression_id, "compression")
+        suite_id, kind_id, compression_id = _SEALED_HEAD.unpack_from(header, PREAMBLE_SIZE)
+        pos = PREAMBLE_SIZE + _SEALED_HEAD.size
         dictionary_id = 0
-        if compression is Compression.ZSTD_DICTIONARY:
-            (dictionary_id,) = _DICTIONARY_ID.unpack_from(view, pos)
+        if compression_id == Compression.ZSTD_DICTIONARY:
+            (dictionary_id,) = _DICTIONARY_ID.unpack_from(header, pos)
             pos += _DICTIONARY_ID.size
-        payload_size, salt, commitment, key_length = _SEALED_TAIL.unpack_from(view, pos)
+        payload_size, salt, commitment, key_length = _SEALED_TAIL.unpack_from(header, pos)
         pos += _SEALED_TAIL.size
-        key_end = pos + key_length
-        if key_end > total:
-            raise IntegrityError("object key runs past the header")
-        key = bytes(view[pos:key_end]).decode("utf-8")
-        sealed_end = key_end
-        if sealed_end + _SLOT_HEAD.size > total:
-            raise IntegrityError("key slot runs past the header")
-        method_id, kek_id_length = _SLOT_HEAD.unpack_from(view, sealed_end)
+        sealed_end = pos + key_length
+        key = header[pos:sealed_end].decode("utf-8")
+        method_id, kek_id_length = _SLOT_HEAD.unpack_from(header, sealed_end)
         pos = sealed_end + _SLOT_HEAD.size
-        if kek_id_length == 0 or pos + kek_id_length > total:
-            raise IntegrityError("KEK id missing or running past the header")
-        kek_id = bytes(view[pos : pos + kek_id_length]).decode("utf-8")
-        wrap_body = bytes(view[pos + kek_id_length : total])
+        kek_id = header[pos : pos + kek_id_length].decode("utf-8")
     except struct.error:
         raise IntegrityError("envelope header truncated or malformed") from None
     except UnicodeDecodeError:
         raise IntegrityError("envelope header holds invalid UTF-8") from None
+    if len(kek_id) == 0 or pos + kek_id_length > total:
+        raise IntegrityError("KEK id missing or running past the header")
+    wrap_body = header[pos + kek_id_length :]
     wrap_method = _enum(WrapMethod, method_id, "wrap method")
     if wrap_method is WrapMethod.LOCAL and len(wrap_body) != LOCAL_WRAP_BODY_SIZE:
         raise IntegrityError("key slot's wrapped data key has the wrong length")
-    header = EnvelopeHeader(
+    parsed = EnvelopeHeader(
         version=VERSION,
         suite=_enum(Suite, suite_id, "cipher suite"),
         payload_kind=_enum(PayloadKind, kind_id, "payload kind"),
-        compression=compression,
+        compression=_enum(Compression, compression_id, "compression"),
         dictionary_id=dictionary_id,
         payload_size=payload_size,
         salt=salt,
@@ -239,11 +284,11 @@ def unpack(data: bytes, *, header_only: bool = False) -> Unpacked:
         wrap_body=wrap_body,
         header_size=total,
     )
-    ciphertext = view[total:]
+    ciphertext = memoryview(data)[total:]
     if not header_only and len(ciphertext) < TAG_SIZE:
         raise IntegrityError("envelope truncated: payload shorter than its tag")
-    aad = bytes(view[: len(MAGIC) + 1]) + bytes(view[PREAMBLE_SIZE:sealed_end])
-    return Unpacked(header=header, associated_data=aad, ciphertext=ciphertext)
+    aad = header[: len(MAGIC) + 1] + header[PREAMBLE_SIZE:sealed_end]
+    return Unpacked(header=parsed, associated_data=aad, ciphertext=ciphertext)
 
 
 def is_envelope(data: bytes) -> bool:

@@ -22,13 +22,13 @@ from .envelope import (
     COMMITMENT_SIZE,
     SALT_SIZE,
     TAG_SIZE,
-    VERSION,
     Compression,
     EnvelopeHeader,
     PayloadKind,
     Suite,
-    associated_data,
-    pack,
+    associated_data_for,
+    pack_parts,
+    sealed_part,
     unpack,
 )
 from .errors import IntegrityError, SizeLimitExceeded, UnsupportedVersion
@@ -157,37 +157,37 @@ class EncryptStage:
     def seal(
         self,
         plaintext: bytes,
-        header: EnvelopeHeader,
-        kek: KeyEntry,
         *,
+        payload_kind: PayloadKind,
+        compression: Compression,
+        payload_size: int,
+        key: str,
+        kek: KeyEntry,
         dek: bytes | None = None,
         salt: bytes | None = None,
     ) -> bytes:
-        """Encrypt ``plaintext`` and pack the envelope; ``dek``/``salt`` are for test vectors."""
+        """Encrypt ``plaintext`` (already compressed) and pack the envelope.
+
+        ``dek`` and ``salt`` are drawn fresh from ``os.urandom``; passing them is for test vectors.
+        """
         if dek is None or salt is None:
             fresh = os.urandom(DEK_SIZE + SALT_SIZE)
             dek, salt = fresh[:DEK_SIZE], fresh[DEK_SIZE:]
         keys = derive_content_keys(dek, salt, self.suite)
-        sealed = EnvelopeHeader(
-            version=VERSION,
+        sealed = sealed_part(
             suite=self.suite,
-            payload_kind=header.payload_kind,
-            compression=header.compression,
-            dictionary_id=header.dictionary_id,
-            payload_size=header.payload_size,
+            payload_kind=payload_kind,
+            compression=compression,
+            dictionary_id=0,
+            payload_size=payload_size,
             salt=salt,
             commitment=keys.commitment,
-            key=header.key,
-            wrap_method=kek.method,
-            kek_id=kek.id,
-            wrap_body=b"",
+            key=key.encode("utf-8"),
         )
-        aad = associated_data(sealed)
+        aad = associated_data_for(sealed)
         body = kek.wrap(dek, salt=salt, associated_data=aad)
         ciphertext = AESGCM(keys.key).encrypt(keys.nonce, plaintext, aad)
-        return pack(
-            sealed.with_slot(wrap_method=kek.method, kek_id=kek.id, wrap_body=body), ciphertext
-        )
+        return pack_parts(sealed, kek.method, kek.id.encode("utf-8"), body, ciphertext)
 
     def open(
         self, header: EnvelopeHeader, aad: bytes, ciphertext: memoryview, kek: KeyEntry
@@ -242,21 +242,16 @@ class Pipeline:
                 f"value of {len(data)} bytes exceeds the maximum of {self.max_size}"
             )
         payload, compression = self.compress.encode(data, enabled=compress)
-        draft = EnvelopeHeader(
-            version=VERSION,
-            suite=self.encrypt.suite,
+        return self.encrypt.seal(
+            payload,
             payload_kind=kind,
             compression=compression,
-            dictionary_id=0,
             payload_size=len(data),
-            salt=b"",
-            commitment=b"",
             key=key,
-            wrap_method=keyring.active.method,
-            kek_id=keyring.active.id,
-            wrap_body=b"",
+            kek=keyring.active,
+            dek=dek,
+            salt=salt,
         )
-        return self.encrypt.seal(payload, draft, keyring.active, dek=dek, salt=salt)
 
     def unseal(self, envelope: bytes, *, keyring: Keyring, key: str | None = None) -> str | bytes:
         """Open ``envelope``; with ``key``, refuse one sealed for another object key."""
