@@ -21,6 +21,7 @@ from celery_s3_envelope.envelope import (
     unpack,
 )
 from celery_s3_envelope.keyring import Keyring, KeyState, LocalKey
+from celery_s3_envelope.kms import KmsKey, KmsProvider
 from celery_s3_envelope.pipeline import EncryptStage, Pipeline
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors"
@@ -109,6 +110,57 @@ def relabel(envelope: bytes, kek_id: str) -> bytes:
         wrap_method=parts.header.wrap_method, kek_id=kek_id, wrap_body=parts.header.wrap_body
     )
     return pack(header, bytes(parts.ciphertext))
+
+
+class StandInKms:
+    """A fixed local stand-in for KMS: one intermediate key, one fake blob, one context."""
+
+    def __init__(self, intermediate: bytes, blob: bytes, context: dict[str, str]) -> None:
+        self.intermediate, self.blob, self.context = intermediate, blob, context
+
+    def generate_data_key(self, **kw: object) -> dict[str, bytes]:
+        assert kw["EncryptionContext"] == self.context
+        return {"Plaintext": self.intermediate, "CiphertextBlob": self.blob}
+
+    def decrypt(self, **kw: object) -> dict[str, bytes]:
+        assert kw["CiphertextBlob"] == self.blob and kw["EncryptionContext"] == self.context
+        return {"Plaintext": self.intermediate}
+
+
+def kms_case() -> dict[str, object]:
+    """A KMS envelope whose KMS calls are answered by ``StandInKms`` (tests do the same)."""
+    kek_id, arn, scope = "kms-1", "arn:aws:kms:eu-west-1:111122223333:key/example", "bucket/celery/"
+    stand_in = StandInKms(
+        fixed(77, 32), b"FAKE-KMS-BLOB:" + fixed(33, 50), KmsProvider.context(kek_id, scope)
+    )
+    provider = KmsProvider(scope=scope, client_factory=lambda: stand_in)  # type: ignore[arg-type,return-value]
+    kek = KmsKey(kek_id, arn, KeyState.ACTIVE, CREATED, provider=provider)
+    dek, salt, value = fixed(70, 32), fixed(170, 16), "sealed under a KMS KEK"
+    envelope = ENCRYPT.seal(
+        value.encode(),
+        payload_kind=PayloadKind.TEXT,
+        compression=Compression.NONE,
+        payload_size=len(value),
+        key=TASK_KEY,
+        kek=kek,
+        dek=dek,
+        salt=salt,
+    )
+    return {
+        "description": "KMS KEK (fake blob, local stand-in for KMS Decrypt)",
+        "keyring": {"version": 1, "keys": [kek.to_dict()]},
+        "kms_stand_in": {
+            "intermediate_key_hex": stand_in.intermediate.hex(),
+            "blob_hex": stand_in.blob.hex(),
+            "encryption_context": stand_in.context,
+        },
+        "key": TASK_KEY,
+        "kek_id": kek_id,
+        "text": value,
+        "dek_hex": dek.hex(),
+        "salt_hex": salt.hex(),
+        "envelope_hex": envelope.hex(),
+    }
 
 
 def main() -> None:
@@ -211,9 +263,10 @@ def main() -> None:
         invalid("zstd frame expanding past its declared size", bomb, "SizeLimitExceeded"),
     ]
     keyring = {"version": 1, "keys": [e.to_dict() for e in KEYRING]}
+    kms_cases = [kms_case()]
     OUT.mkdir(parents=True, exist_ok=True)
     for name, document in (
-        ("valid.json", {"keyring": keyring, "vectors": valid}),
+        ("valid.json", {"keyring": keyring, "vectors": valid, "kms_vectors": kms_cases}),
         ("invalid.json", {"keyring": keyring, "vectors": cases}),
     ):
         (OUT / name).write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")

@@ -11,6 +11,7 @@ import pytest
 import celery_s3_envelope as cse
 from celery_s3_envelope import errors
 from celery_s3_envelope.envelope import Compression, unpack
+from celery_s3_envelope.kms import KmsProvider
 from celery_s3_envelope.pipeline import EncryptStage, Pipeline
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -64,6 +65,48 @@ def test_valid_vector_is_reproduced_byte_for_byte(case: dict[str, Any]) -> None:
         rebuilt = Pipeline().seal(
             expected_value(case), key=case["key"], keyring=keyring, dek=dek, salt=salt
         )
+    assert rebuilt.hex() == case["envelope_hex"]
+
+
+KMS_VECTORS = json.loads((VECTORS / "valid.json").read_text())["kms_vectors"]
+
+
+class StandInKms:
+    """Answers KMS calls from the vector: only the published blob and context are accepted."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+
+    def decrypt(self, **kw: Any) -> dict[str, bytes]:
+        assert kw["CiphertextBlob"].hex() == self.spec["blob_hex"]
+        assert kw["EncryptionContext"] == self.spec["encryption_context"]
+        return {"Plaintext": bytes.fromhex(self.spec["intermediate_key_hex"])}
+
+    def generate_data_key(self, **kw: Any) -> dict[str, bytes]:
+        assert kw["EncryptionContext"] == self.spec["encryption_context"]
+        return {
+            "Plaintext": bytes.fromhex(self.spec["intermediate_key_hex"]),
+            "CiphertextBlob": bytes.fromhex(self.spec["blob_hex"]),
+        }
+
+
+@pytest.mark.parametrize("case", KMS_VECTORS, ids=[c["description"] for c in KMS_VECTORS])
+def test_kms_vector_opens_and_is_reproduced(case: dict[str, Any]) -> None:
+    stand_in = StandInKms(case["kms_stand_in"])
+    provider = KmsProvider(
+        scope=case["kms_stand_in"]["encryption_context"]["scope"],
+        client_factory=lambda: stand_in,  # type: ignore[arg-type,return-value]
+    )
+    keyring = cse.Keyring.from_dict(case["keyring"]).with_kms(provider)
+    envelope = bytes.fromhex(case["envelope_hex"])
+    assert cse.unseal(envelope, keyring=keyring, key=case["key"]) == case["text"]
+    rebuilt = Pipeline().seal(
+        case["text"],
+        key=case["key"],
+        keyring=keyring,
+        dek=bytes.fromhex(case["dek_hex"]),
+        salt=bytes.fromhex(case["salt_hex"]),
+    )
     assert rebuilt.hex() == case["envelope_hex"]
 
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -36,6 +36,9 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from .envelope import WrapMethod
 from .errors import IntegrityError, KeyringError, RetiredKey, UnknownKey
+
+if TYPE_CHECKING:
+    from .kms import KmsProvider
 
 KEY_SIZE = 32
 KEYRING_VERSION = 1
@@ -64,6 +67,7 @@ class KeyEntry(ABC):
         if not kek_id or len(kek_id.encode("utf-8")) > 255:
             raise KeyringError("a KEK id is 1 to 255 bytes of UTF-8")
         self.id = kek_id
+        self.id_bytes = kek_id.encode("utf-8")
         self.state = state
         self.created = created
 
@@ -103,18 +107,11 @@ class LocalKey(KeyEntry):
         if len(material) != KEY_SIZE:
             raise KeyringError(f"key {kek_id!r}: key material must be {KEY_SIZE} bytes")
         self._material = bytes(material)
-        self._id_bytes = kek_id.encode("utf-8")
 
     def _wrapping_key(self, salt: bytes, associated_data: bytes) -> bytes:
-        info = b"".join(
-            (
-                WRAP_LABEL,
-                bytes((self.method, len(self._id_bytes))),
-                self._id_bytes,
-                hashlib.sha256(associated_data).digest(),
-            )
+        return derive_wrapping_key(
+            self._material, salt, self.method, self.id_bytes, associated_data
         )
-        return HKDF(hashes.SHA256(), KEY_SIZE, salt, info).derive(self._material)
 
     def wrap(self, dek: bytes, *, salt: bytes, associated_data: bytes) -> bytes:
         return aes_key_wrap(self._wrapping_key(salt, associated_data), dek)
@@ -139,6 +136,21 @@ class LocalKey(KeyEntry):
     @property
     def is_example(self) -> bool:
         return self._material.startswith(EXAMPLE_MARKER)
+
+
+def derive_wrapping_key(
+    secret: bytes, salt: bytes, method: WrapMethod, kek_id: bytes, associated_data: bytes
+) -> bytes:
+    """The per-envelope key that wraps one DEK (docs/format.md, "Key wrap")."""
+    info = b"".join(
+        (
+            WRAP_LABEL,
+            bytes((method, len(kek_id))),
+            kek_id,
+            hashlib.sha256(associated_data).digest(),
+        )
+    )
+    return HKDF(hashes.SHA256(), KEY_SIZE, salt, info).derive(secret)
 
 
 def _format_time(moment: datetime) -> str:
@@ -177,7 +189,14 @@ def _entry_from_dict(raw: object) -> KeyEntry:
         except (binascii.Error, ValueError):
             raise KeyringError(f"key {kek_id!r}: 'key' is not valid base64") from None
         return LocalKey(kek_id, decoded, state, created)
-    raise KeyringError(f"key {kek_id!r}: no key material ('key')")
+    if "kms_key_id" in raw:
+        from .kms import KmsKey
+
+        kms_key_id = raw["kms_key_id"]
+        if not isinstance(kms_key_id, str):
+            raise KeyringError(f"key {kek_id!r}: 'kms_key_id' must be a string")
+        return KmsKey(kek_id, kms_key_id, state, created)
+    raise KeyringError(f"key {kek_id!r}: no key material ('key') and no 'kms_key_id'")
 
 
 class Keyring:
@@ -321,6 +340,15 @@ class Keyring:
         if state is KeyState.ACTIVE:
             entries = [_demoted(e) for e in entries]
         return Keyring(target.with_state(state) if e.id == kek_id else e for e in entries)
+
+    def with_kms(self, provider: KmsProvider) -> Keyring:
+        """A keyring whose KMS entries call KMS through ``provider`` (endpoint, caches, scope)."""
+        from .kms import KmsKey
+
+        return Keyring(
+            e.with_provider(provider) if isinstance(e, KmsKey) else e
+            for e in self._entries.values()
+        )
 
     def __iter__(self) -> Iterator[KeyEntry]:
         return iter(self._entries.values())

@@ -1,0 +1,257 @@
+"""AWS KMS key-encryption keys: cache bounds, failures, mixed keyrings (moto KMS on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+import celery_s3_envelope as cse
+from celery_s3_envelope.envelope import WrapMethod, pack, unpack
+from celery_s3_envelope.kms import KmsError, KmsKey, KmsProvider, parse_kms_body
+from celery_s3_envelope.pipeline import Pipeline
+
+KEY = "celery-task-meta-3e1f0a2b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingKms:
+    """A local stand-in for KMS: enforces the encryption context, counts calls."""
+
+    def __init__(self) -> None:
+        self.generated = 0
+        self.decrypted = 0
+        self._keys: dict[bytes, tuple[bytes, dict[str, str]]] = {}
+
+    def generate_data_key(self, **kw: Any) -> dict[str, bytes]:
+        self.generated += 1
+        plaintext, blob = os.urandom(kw["NumberOfBytes"]), os.urandom(64)
+        self._keys[blob] = (plaintext, kw["EncryptionContext"])
+        return {"Plaintext": plaintext, "CiphertextBlob": blob}
+
+    def decrypt(self, **kw: Any) -> dict[str, bytes]:
+        self.decrypted += 1
+        plaintext, context = self._keys[kw["CiphertextBlob"]]
+        if context != kw["EncryptionContext"]:
+            from botocore.exceptions import ClientError
+
+            raise ClientError({"Error": {"Code": "InvalidCiphertextException"}}, "Decrypt")
+        return {"Plaintext": plaintext}
+
+
+def fake_keyring(kms: CountingKms, **provider_args: Any) -> tuple[cse.Keyring, KmsProvider]:
+    provider = KmsProvider(client_factory=lambda: kms, **provider_args)  # type: ignore[arg-type,return-value]
+    keyring = cse.Keyring([KmsKey("kms-1", "arn:aws:kms:test:key/1", cse.KeyState.ACTIVE)])
+    return keyring.with_kms(provider), provider
+
+
+def test_cache_reuses_one_intermediate_key_and_opens_with_one_decrypt() -> None:
+    kms = CountingKms()
+    keyring, _ = fake_keyring(kms)
+    envelopes = [cse.seal(f"v{i}", key=KEY, keyring=keyring) for i in range(100)]
+    assert kms.generated == 1
+    assert all(cse.unseal(e, keyring=keyring, key=KEY) == f"v{i}" for i, e in enumerate(envelopes))
+    assert kms.decrypted == 1
+
+
+def test_cache_entry_past_its_age_is_not_used_again() -> None:
+    kms, clock = CountingKms(), FakeClock()
+    keyring, _ = fake_keyring(kms, cache_seconds=60, cache_uses=1000, clock=clock)
+    cse.seal("a", key=KEY, keyring=keyring)
+    clock.now += 59.9
+    cse.seal("b", key=KEY, keyring=keyring)
+    assert kms.generated == 1
+    clock.now += 0.2
+    cse.seal("c", key=KEY, keyring=keyring)
+    assert kms.generated == 2
+
+
+def test_cache_entry_past_its_uses_is_not_used_again() -> None:
+    kms = CountingKms()
+    keyring, _ = fake_keyring(kms, cache_uses=3)
+    blobs = [
+        parse_kms_body(cse.inspect(cse.seal("x", key=KEY, keyring=keyring)).wrap_body)[1]
+        for _ in range(7)
+    ]
+    assert kms.generated == 3  # uses 1-3, 4-6, 7
+    assert len(set(blobs)) == 3 and blobs[0] == blobs[2] != blobs[3]
+
+
+@pytest.mark.parametrize("setting", [{"cache_seconds": 0}, {"cache_uses": 0}])
+def test_cache_off_means_one_kms_call_per_result(setting: dict[str, int]) -> None:
+    kms = CountingKms()
+    keyring, _ = fake_keyring(kms, **setting)
+    envelopes = [cse.seal("v", key=KEY, keyring=keyring) for _ in range(20)]
+    assert kms.generated == 20
+    for envelope in envelopes:
+        cse.unseal(envelope, keyring=keyring, key=KEY)
+    assert kms.decrypted == 20  # twenty intermediate keys, one Decrypt each
+
+
+def test_changed_scope_in_the_slot_fails_at_kms_and_names_the_kek() -> None:
+    kms = CountingKms()
+    keyring, _ = fake_keyring(kms, scope="bucket/prefix/")
+    parts = unpack(cse.seal("secret", key=KEY, keyring=keyring))
+    scope, blob, wrapped = parse_kms_body(parts.header.wrap_body)
+    assert scope == "bucket/prefix/"
+    other = b"bucket/other!!/"
+    body = len(other).to_bytes(2) + other + len(blob).to_bytes(2) + blob + wrapped
+    forged = pack(
+        parts.header.with_slot(wrap_method=WrapMethod.KMS, kek_id="kms-1", wrap_body=body),
+        bytes(parts.ciphertext),
+    )
+    with pytest.raises(KmsError, match=r"kms-1.*InvalidCiphertextException") as caught:
+        cse.unseal(forged, keyring=keyring, key=KEY)
+    assert caught.value.code == "InvalidCiphertextException"
+
+
+# -- against moto's KMS server --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kms_endpoint() -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def kms_client(kms_endpoint: str) -> Any:
+    return boto3.client(
+        "kms",
+        endpoint_url=kms_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def counted_provider(kms_endpoint: str, calls: list[str], **args: Any) -> KmsProvider:
+    provider = KmsProvider(
+        endpoint_url=kms_endpoint,
+        region="us-east-1",
+        access_key_id="testing",
+        secret_access_key="testing",
+        scope="results-bucket/celery/",
+        **args,
+    )
+    provider.client.meta.events.register(
+        "before-send.kms.*",
+        lambda request, **_: calls.append(request.headers["X-Amz-Target"].decode().split(".")[-1]),
+    )
+    return provider
+
+
+def kms_keyring(arn: str, provider: KmsProvider) -> cse.Keyring:
+    return cse.Keyring.from_dict(
+        {
+            "version": 1,
+            "keys": [
+                {
+                    "id": "kms-1",
+                    "kms_key_id": arn,
+                    "state": "active",
+                    "created": "2026-11-25T00:00:00Z",
+                }
+            ],
+        }
+    ).with_kms(provider)
+
+
+@pytest.mark.parametrize(("cache", "expected"), [({}, 1), ({"cache_seconds": 0}, 1000)])
+def test_thousand_results_count_kms_calls(
+    kms_endpoint: str, kms_client: Any, cache: dict[str, int], expected: int
+) -> None:
+    arn = kms_client.create_key()["KeyMetadata"]["Arn"]
+    calls: list[str] = []
+    keyring = kms_keyring(arn, counted_provider(kms_endpoint, calls, **cache))
+    pipeline = Pipeline()
+    values = [json.dumps({"status": "SUCCESS", "result": i}) for i in range(1000)]
+    envelopes = [pipeline.seal(v, key=f"{KEY}-{i}", keyring=keyring) for i, v in enumerate(values)]
+    assert calls.count("GenerateDataKey") == expected
+    assert [
+        pipeline.unseal(e, keyring=keyring, key=f"{KEY}-{i}") for i, e in enumerate(envelopes)
+    ] == values
+
+
+def test_keyring_naming_another_kms_key_fails_clearly(kms_endpoint: str, kms_client: Any) -> None:
+    arn = kms_client.create_key()["KeyMetadata"]["Arn"]
+    other = kms_client.create_key()["KeyMetadata"]["Arn"]
+    provider = counted_provider(kms_endpoint, [])
+    envelope = cse.seal("secret-value", key=KEY, keyring=kms_keyring(arn, provider))
+    reader = kms_keyring(other, counted_provider(kms_endpoint, []))
+    with pytest.raises(KmsError, match="kms-1") as caught:
+        cse.unseal(envelope, keyring=reader, key=KEY)
+    assert caught.value.code == "AccessDeniedException"
+    assert "secret-value" not in str(caught.value)
+
+
+def test_offline_decode_with_a_keyring_file_naming_the_kms_key(
+    kms_endpoint: str, kms_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arn = kms_client.create_key()["KeyMetadata"]["Arn"]
+    envelope = cse.seal(
+        "offline", key=KEY, keyring=kms_keyring(arn, counted_provider(kms_endpoint, []))
+    )
+    path = tmp_path / "keys.json"
+    kms_keyring(arn, counted_provider(kms_endpoint, [])).to_file(path)
+    assert arn in path.read_text() and '"key"' not in path.read_text()
+    # A fresh process would configure KMS through boto3's usual environment.
+    for name, value in {
+        "AWS_ENDPOINT_URL_KMS": kms_endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("celery_s3_envelope.kms._default_provider", None)
+    assert cse.unseal(envelope, keyring=cse.Keyring.from_file(path)) == "offline"
+
+
+def test_mixed_keyring_rewraps_local_to_kms_and_back(kms_endpoint: str, kms_client: Any) -> None:
+    arn = kms_client.create_key()["KeyMetadata"]["Arn"]
+    provider = counted_provider(kms_endpoint, [])
+    local = cse.LocalKey("local-1", os.urandom(32), cse.KeyState.ACTIVE)
+    keyring = cse.Keyring([local, KmsKey("kms-1", arn, cse.KeyState.DECRYPT, provider=provider)])
+    envelope = cse.seal("moving", key=KEY, keyring=keyring)
+    to_kms = keyring.with_state("kms-1", cse.KeyState.ACTIVE)
+    parts = unpack(envelope)
+    dek = local.unwrap(
+        parts.header.wrap_body, salt=parts.header.salt, associated_data=parts.associated_data
+    )
+    kms_body = to_kms.active.wrap(
+        dek, salt=parts.header.salt, associated_data=parts.associated_data
+    )
+    moved = pack(
+        parts.header.with_slot(wrap_method=WrapMethod.KMS, kek_id="kms-1", wrap_body=kms_body),
+        bytes(parts.ciphertext),
+    )
+    assert cse.inspect(moved).kek_id == "kms-1"
+    assert bytes(unpack(moved).ciphertext) == bytes(parts.ciphertext)  # payload untouched
+    only_kms = cse.Keyring([KmsKey("kms-1", arn, cse.KeyState.ACTIVE, provider=provider)])
+    assert cse.unseal(moved, keyring=only_kms, key=KEY) == "moving"
+
+
+def test_kms_entries_show_no_secrets() -> None:
+    entry = KmsKey("kms-1", "arn:aws:kms:eu-west-1:111122223333:key/abc", cse.KeyState.ACTIVE)
+    assert "arn:aws:kms" in json.dumps(entry.describe())
+    provider = KmsProvider(access_key_id="AKIAEXAMPLE", secret_access_key="very-secret-value")
+    assert "very-secret" not in repr(provider) and "AKIA" not in repr(provider)
