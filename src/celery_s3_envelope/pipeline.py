@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .envelope import (
     COMMITMENT_SIZE,
+    MAGIC,
     SALT_SIZE,
     TAG_SIZE,
     Compression,
@@ -187,12 +188,12 @@ class EncryptStage:
         aad = associated_data_for(sealed)
         body = kek.wrap(dek, salt=salt, associated_data=aad)
         ciphertext = AESGCM(keys.key).encrypt(keys.nonce, plaintext, aad)
-        return pack_parts(sealed, kek.method, kek.id.encode("utf-8"), body, ciphertext)
+        return pack_parts(sealed, kek.method, kek.id_bytes, body, ciphertext)
 
-    def open(
-        self, header: EnvelopeHeader, aad: bytes, ciphertext: memoryview, kek: KeyEntry
-    ) -> bytes:
-        """Unwrap the DEK, check the key commitment, then decrypt and authenticate."""
+    def unwrap(
+        self, header: EnvelopeHeader, aad: bytes, kek: KeyEntry
+    ) -> tuple[bytes, ContentKeys]:
+        """The DEK from the key slot, checked against the key commitment, and its content keys."""
         if kek.method is not header.wrap_method:
             raise IntegrityError(
                 f"key slot's wrap method {header.wrap_method.name} does not match "
@@ -202,6 +203,13 @@ class EncryptStage:
         keys = derive_content_keys(dek, header.salt, header.suite)
         if not hmac.compare_digest(keys.commitment, header.commitment):
             raise IntegrityError("key commitment mismatch: the data key does not belong here")
+        return dek, keys
+
+    def open(
+        self, header: EnvelopeHeader, aad: bytes, ciphertext: memoryview, kek: KeyEntry
+    ) -> bytes:
+        """Unwrap the DEK, check the key commitment, then decrypt and authenticate."""
+        _, keys = self.unwrap(header, aad, kek)
         try:
             return AESGCM(keys.key).decrypt(keys.nonce, ciphertext, aad)
         except InvalidTag:
@@ -257,10 +265,7 @@ class Pipeline:
         """Open ``envelope``; with ``key``, refuse one sealed for another object key."""
         parts = unpack(envelope)
         header = parts.header
-        if key is not None and header.key != key:
-            raise IntegrityError(
-                f"envelope was sealed for object key {header.key!r}, read from {key!r}"
-            )
+        check_object_key(header, key)
         if header.payload_size > self.max_size:
             raise SizeLimitExceeded(
                 f"envelope declares {header.payload_size} bytes, "
@@ -273,6 +278,33 @@ class Pipeline:
         plaintext = self.encrypt.open(header, parts.associated_data, parts.ciphertext, kek)
         data = self.compress.decode(plaintext, header)
         return self.serialize.decode(data, header.payload_kind)
+
+
+def check_object_key(header: EnvelopeHeader, key: str | None) -> None:
+    """Refuse an envelope read from another object key than it was sealed for."""
+    if key is not None and header.key != key:
+        raise IntegrityError(
+            f"envelope was sealed for object key {header.key!r}, read from {key!r}"
+        )
+
+
+def rewrap(envelope: bytes, *, keyring: Keyring, key: str | None = None) -> bytes:
+    """The same envelope with its DEK re-wrapped under the keyring's active KEK.
+
+    Only the key slot changes; the sealed part and the payload ciphertext are kept byte for byte.
+    The old slot is unwrapped with the KEK it names and the DEK is checked against the key
+    commitment first, so nothing that would not open is ever re-wrapped. ``key`` (the object key
+    the envelope was read from) must match the sealed one, as for ``unseal``.
+    """
+    parts = unpack(envelope)
+    header = parts.header
+    check_object_key(header, key)
+    old = keyring.for_unwrap(header.kek_id)
+    dek, _ = EncryptStage().unwrap(header, parts.associated_data, old)
+    new = keyring.active
+    body = new.wrap(dek, salt=header.salt, associated_data=parts.associated_data)
+    sealed = parts.associated_data[len(MAGIC) + 1 :]
+    return pack_parts(sealed, new.method, new.id_bytes, body, bytes(parts.ciphertext))
 
 
 def inspect(envelope: bytes) -> EnvelopeHeader:
