@@ -234,6 +234,9 @@ def _enum(kind: type[_E], value: int, what: str) -> _E:
     return member  # type: ignore[return-value]
 
 
+_FIXED_HEAD = struct.Struct(">4sBHBBB")  # preamble and the sealed part's first three fields
+
+
 def unpack(data: bytes, *, header_only: bool = False) -> Unpacked:
     """Split an envelope into header, associated data and ciphertext, checking every length.
 
@@ -241,13 +244,17 @@ def unpack(data: bytes, *, header_only: bool = False) -> Unpacked:
     ciphertext is then whatever followed the header in ``data``.
     """
     data = bytes(data)
-    total = header_length(data[:PREAMBLE_SIZE])
+    if len(data) < _FIXED_HEAD.size:
+        header_length(data)  # the precise error for a short prefix...
+        raise IntegrityError("envelope truncated inside its header")  # ...or this one
+    magic, version, total, suite_id, kind_id, compression_id = _FIXED_HEAD.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        header_length(data)  # not an envelope, or another version: the precise error
     if total > len(data):
         raise IntegrityError("envelope truncated inside its header")
     header = data[:total]  # every read below stays inside the header
     try:
-        suite_id, kind_id, compression_id = _SEALED_HEAD.unpack_from(header, PREAMBLE_SIZE)
-        pos = PREAMBLE_SIZE + _SEALED_HEAD.size
+        pos = _FIXED_HEAD.size
         dictionary_id = 0
         if compression_id == Compression.ZSTD_DICTIONARY:
             (dictionary_id,) = _DICTIONARY_ID.unpack_from(header, pos)
@@ -263,32 +270,32 @@ def unpack(data: bytes, *, header_only: bool = False) -> Unpacked:
         raise IntegrityError("envelope header truncated or malformed") from None
     except UnicodeDecodeError:
         raise IntegrityError("envelope header holds invalid UTF-8") from None
-    if len(kek_id) == 0 or pos + kek_id_length > total:
+    pos += kek_id_length
+    if kek_id_length == 0 or pos > total:
         raise IntegrityError("KEK id missing or running past the header")
-    wrap_body = header[pos + kek_id_length :]
+    wrap_body = header[pos:]
     wrap_method = _enum(WrapMethod, method_id, "wrap method")
     if wrap_method is WrapMethod.LOCAL and len(wrap_body) != LOCAL_WRAP_BODY_SIZE:
         raise IntegrityError("key slot's wrapped data key has the wrong length")
     parsed = EnvelopeHeader(
-        version=VERSION,
-        suite=_enum(Suite, suite_id, "cipher suite"),
-        payload_kind=_enum(PayloadKind, kind_id, "payload kind"),
-        compression=_enum(Compression, compression_id, "compression"),
-        dictionary_id=dictionary_id,
-        payload_size=payload_size,
-        salt=salt,
-        commitment=commitment,
-        key=key,
-        wrap_method=wrap_method,
-        kek_id=kek_id,
-        wrap_body=wrap_body,
-        header_size=total,
+        VERSION,
+        _enum(Suite, suite_id, "cipher suite"),
+        _enum(PayloadKind, kind_id, "payload kind"),
+        _enum(Compression, compression_id, "compression"),
+        dictionary_id,
+        payload_size,
+        salt,
+        commitment,
+        key,
+        wrap_method,
+        kek_id,
+        wrap_body,
+        total,
     )
     ciphertext = memoryview(data)[total:]
     if not header_only and len(ciphertext) < TAG_SIZE:
         raise IntegrityError("envelope truncated: payload shorter than its tag")
-    aad = header[: len(MAGIC) + 1] + header[PREAMBLE_SIZE:sealed_end]
-    return Unpacked(header=parsed, associated_data=aad, ciphertext=ciphertext)
+    return Unpacked(parsed, _AAD_PREFIX + header[PREAMBLE_SIZE:sealed_end], ciphertext)
 
 
 def is_envelope(data: bytes) -> bool:

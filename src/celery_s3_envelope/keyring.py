@@ -40,6 +40,7 @@ from .errors import IntegrityError, KeyringError, RetiredKey, UnknownKey
 if TYPE_CHECKING:
     from .kms import KmsProvider
 
+_SHA256 = hashes.SHA256()  # stateless: one instance serves every derivation
 KEY_SIZE = 32
 KEYRING_VERSION = 1
 DEFAULT_ENV_VAR = "CELERY_S3_ENVELOPE_KEYRING"
@@ -150,7 +151,7 @@ def derive_wrapping_key(
             hashlib.sha256(associated_data).digest(),
         )
     )
-    return HKDF(hashes.SHA256(), KEY_SIZE, salt, info).derive(secret)
+    return HKDF(_SHA256, KEY_SIZE, salt, info).derive(secret)
 
 
 def _format_time(moment: datetime) -> str:

@@ -35,8 +35,10 @@ from .envelope import (
 from .errors import IntegrityError, SizeLimitExceeded, UnsupportedVersion
 from .keyring import KeyEntry, Keyring
 
+_SHA256 = hashes.SHA256()  # stateless: one instance serves every derivation
 DEK_SIZE = 32
 NONCE_SIZE = 12
+_CONTENT_OKM = DEK_SIZE + NONCE_SIZE + COMMITMENT_SIZE
 CONTENT_LABEL = b"celery-s3-envelope/v1/content\x00"
 DEFAULT_COMPRESSION_LEVEL = 3
 DEFAULT_COMPRESSION_MIN_SIZE = 256
@@ -139,12 +141,7 @@ class ContentKeys:
 
 def derive_content_keys(dek: bytes, salt: bytes, suite: Suite) -> ContentKeys:
     """HKDF-SHA256(DEK, salt) -> content key (32) || nonce (12) || key commitment (32)."""
-    okm = HKDF(
-        hashes.SHA256(),
-        DEK_SIZE + NONCE_SIZE + COMMITMENT_SIZE,
-        salt,
-        CONTENT_LABEL + bytes((suite,)),
-    ).derive(dek)
+    okm = HKDF(_SHA256, _CONTENT_OKM, salt, CONTENT_LABEL + bytes((suite,))).derive(dek)
     return ContentKeys(
         okm[:DEK_SIZE], okm[DEK_SIZE : DEK_SIZE + NONCE_SIZE], okm[DEK_SIZE + NONCE_SIZE :]
     )
