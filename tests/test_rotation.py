@@ -97,7 +97,7 @@ def test_rotation_moves_every_object_and_never_clobbers_a_racing_writer(
     assert report.counts["scanned"] == 2000
     assert report.counts[Outcome.CHANGED] == 100
     assert report.counts[Outcome.REWRAPPED] == 1900
-    assert report.from_keks == {"k1": 1900}
+    assert report.by_kek == {"k1": 1900}
     opened = store.get_many(keys)
     for i, key in enumerate(keys):
         data = opened[key]
