@@ -13,8 +13,8 @@ threads. Both are the engine the local command and any distributed driver share.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -23,7 +23,7 @@ from .errors import EnvelopeError
 from .keyring import Keyring
 from .pipeline import Pipeline, rewrap
 from .store import ObjectInfo, S3Store, is_missing_key, is_write_conflict
-from .sweep import DEFAULT_WORKERS, ObjectResult, Outcome, Sweep, SweepReport, describe_error
+from .sweep import ObjectResult, Outcome, Sweep, SweepReport, describe_error
 
 OUTCOMES = (Outcome.REWRAPPED, Outcome.CURRENT, Outcome.CHANGED, Outcome.PLAINTEXT, Outcome.FAILED)
 
@@ -88,23 +88,20 @@ def _verified(
     return ObjectResult(key, Outcome.REWRAPPED, kek_id)
 
 
-class Rotation(Sweep[ObjectResult]):
-    """A rotation run over a prefix (the local command's engine)."""
+class Rotation(Sweep[ObjectResult, SweepReport]):
+    """A rotation run over a prefix; ``sweep_options`` are ``Sweep``'s (prefix, workers, limit,
+    resume_from, on_result)."""
 
     def __init__(
         self,
         store: S3Store,
         keyring: Keyring,
         *,
-        prefix: str = "",
-        workers: int = DEFAULT_WORKERS,
         dry_run: bool = False,
         reencrypt: bool = False,
         verify: bool = False,
-        limit: int | None = None,
-        resume_from: str | None = None,
         pipeline: Pipeline | None = None,
-        on_result: Callable[[ObjectResult], None] | None = None,
+        **sweep_options: Any,
     ) -> None:
         step = partial(
             rotate_object,
@@ -116,18 +113,4 @@ class Rotation(Sweep[ObjectResult]):
             pipeline=pipeline or Pipeline(),
         )
         report = SweepReport("rotate", OUTCOMES, target_kek=keyring.active.id, dry_run=dry_run)
-        self.report: SweepReport = report
-        super().__init__(
-            store,
-            step,
-            report,
-            prefix=prefix,
-            workers=workers,
-            limit=limit,
-            resume_from=resume_from,
-            on_result=on_result,
-        )
-
-    def run(self) -> SweepReport:
-        super().run()
-        return self.report
+        super().__init__(store, step, report, **sweep_options)

@@ -33,6 +33,7 @@ class Outcome(StrEnum):
     CURRENT = "current"  # nothing to do: already under the active KEK / already sealed
     CHANGED = "changed"  # rewritten or deleted by someone else meanwhile: left alone
     PLAINTEXT = "plaintext"  # not an envelope (e.g. the stock backend's results): untouched
+    FOREIGN = "foreign"  # neither an envelope nor a Celery result: untouched
     FAILED = "failed"  # could not be opened or written: listed with the reason
 
 
@@ -61,7 +62,11 @@ class SweepReport:
     def add(self, result: ObjectResult) -> None:
         self.counts["scanned"] += 1
         self.counts[result.outcome.value] += 1
-        if result.kek_id and result.outcome in (Outcome.REWRAPPED, Outcome.VERIFIED):
+        if result.kek_id and result.outcome in (
+            Outcome.REWRAPPED,
+            Outcome.SEALED,
+            Outcome.VERIFIED,
+        ):
             self.by_kek[result.kek_id] += 1
         if result.outcome is Outcome.FAILED:
             self.failures.append((result.key, result.reason))
@@ -117,14 +122,17 @@ class Recorder(Protocol[R_contra]):
     def add(self, result: R_contra, /) -> None: ...
 
 
-class Sweep(Generic[R]):
+Rep = TypeVar("Rep", bound="Recorder[Any]")
+
+
+class Sweep(Generic[R, Rep]):
     """Run ``step`` on every object under ``prefix`` (after ``resume_from``, at most ``limit``)."""
 
     def __init__(
         self,
         store: S3Store,
         step: Callable[[ObjectInfo], R],
-        report: Recorder[R],
+        report: Rep,
         *,
         prefix: str = "",
         workers: int = DEFAULT_WORKERS,
@@ -152,7 +160,7 @@ class Sweep(Generic[R]):
                 return
             yield info
 
-    def run(self) -> Recorder[R]:
+    def run(self) -> Rep:
         """Run to the end; on an unexpected exception ``self.report`` still holds what was done."""
         report = self.report
         started = time.monotonic()

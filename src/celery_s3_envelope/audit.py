@@ -1,0 +1,326 @@
+"""Compliance operations: the audit scan, its ``--verify`` step, and migration from plaintext.
+
+``scan`` proves to an auditor what the bucket holds without any key: it lists the prefix and
+reads only each object's header with a ranged GET. With a keyring, ``verify_object`` opens each
+object in full. ``migrate_object`` seals, in place, results the stock Celery S3 backend wrote
+before the switch. All three run on ``sweep.Sweep``, like rotation.
+
+How an object is classified (``classify``):
+- *sealed*: it starts with the envelope magic and its header parses;
+- *plaintext*: not an envelope, and either its key has a Celery result prefix
+  (``celery-task-meta-``, ``celery-taskset-meta-``, ``chord-unlock-``) or its first bytes are
+  UTF-8 text or a pickle stream: what a Celery serializer writes. Counted as a finding;
+- *foreign*: anything else (binary data of unknown format, or an envelope of an unknown version
+  or with a malformed header): counted, never touched.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from functools import partial
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .envelope import PREAMBLE_SIZE, EnvelopeHeader, header_length, is_envelope, unpack
+from .errors import EnvelopeError
+from .keyring import Keyring
+from .pipeline import Pipeline
+from .store import ObjectInfo, S3Store, is_missing_key, is_write_conflict
+from .sweep import DEFAULT_WORKERS, ObjectResult, Outcome, Sweep, SweepReport, describe_error
+
+CELERY_KEY_PREFIXES = ("celery-task-meta-", "celery-taskset-meta-", "chord-unlock-")
+HEADER_PROBE = 128
+"""Bytes read beyond the object key's length: a whole local-KEK header for KEK ids up to 18
+bytes (110 + key + id). A longer header (long id, KMS slot) costs one more ranged GET."""
+
+
+class State(StrEnum):
+    SEALED = "sealed"
+    PLAINTEXT = "plaintext"
+    FOREIGN = "foreign"
+
+
+def looks_like_celery_plaintext(key: str, head: bytes) -> bool:
+    """True for what the stock backend writes: a Celery result key, or text / pickle bytes."""
+    name = key.rsplit("/", 1)[-1]
+    if any(prefix in name for prefix in CELERY_KEY_PREFIXES):
+        return True
+    if head[:1] == b"\x80":  # pickle protocol 2+
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3 and exc.reason == "unexpected end of data"
+    return True
+
+
+def classify(key: str, head: bytes) -> tuple[State, EnvelopeHeader | None, str]:
+    """The object's state from its first bytes (a whole header for sealed objects)."""
+    if is_envelope(head):
+        try:
+            return State.SEALED, unpack(head, header_only=True).header, ""
+        except EnvelopeError as exc:
+            return State.FOREIGN, None, describe_error(exc)
+    if looks_like_celery_plaintext(key, head):
+        return State.PLAINTEXT, None, ""
+    return State.FOREIGN, None, "unknown format"
+
+
+# -- scan -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScanEntry:
+    key: str
+    state: State
+    size: int
+    last_modified: datetime
+    header: EnvelopeHeader | None = None
+    reason: str = ""
+
+
+@dataclass
+class KekSummary:
+    objects: int = 0
+    stored_bytes: int = 0
+    payload_bytes: int = 0
+    oldest: datetime | None = None
+    newest: datetime | None = None
+
+    def add(self, entry: ScanEntry, payload_size: int) -> None:
+        self.objects += 1
+        self.stored_bytes += entry.size
+        self.payload_bytes += payload_size
+        if self.oldest is None or entry.last_modified < self.oldest:
+            self.oldest = entry.last_modified
+        if self.newest is None or entry.last_modified > self.newest:
+            self.newest = entry.last_modified
+
+
+@dataclass
+class ScanReport:
+    """Counts by state, sealed objects by (KEK id, format version); no keys needed."""
+
+    operation: str = "scan"
+    counts: Counter[str] = field(default_factory=Counter)
+    stored_bytes: Counter[str] = field(default_factory=Counter)
+    by_kek: dict[tuple[str, int], KekSummary] = field(default_factory=dict)
+    plaintext_keys: list[str] = field(default_factory=list)
+    foreign: list[tuple[str, str]] = field(default_factory=list)
+    last_key: str | None = None
+    elapsed: float = 0.0
+    max_listed: int = 100
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, entry: ScanEntry) -> None:
+        with self._lock:
+            self.counts["objects"] += 1
+            self.counts[entry.state.value] += 1
+            self.stored_bytes[entry.state.value] += entry.size
+            if entry.header is not None:
+                group = (entry.header.kek_id, entry.header.version)
+                self.by_kek.setdefault(group, KekSummary()).add(entry, entry.header.payload_size)
+            elif entry.state is State.PLAINTEXT and len(self.plaintext_keys) < self.max_listed:
+                self.plaintext_keys.append(entry.key)
+            elif entry.state is State.FOREIGN and len(self.foreign) < self.max_listed:
+                self.foreign.append((entry.key, entry.reason))
+
+    @property
+    def plaintext_found(self) -> bool:
+        return self.counts[State.PLAINTEXT.value] > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        def when(moment: datetime | None) -> str | None:
+            return moment.isoformat() if moment else None
+
+        return {
+            "operation": self.operation,
+            "objects": self.counts["objects"],
+            **{state.value: self.counts[state.value] for state in State},
+            "stored_bytes": {state.value: self.stored_bytes[state.value] for state in State},
+            "sealed_by_kek": [
+                {
+                    "kek_id": kek_id,
+                    "version": version,
+                    "objects": summary.objects,
+                    "stored_bytes": summary.stored_bytes,
+                    "payload_bytes": summary.payload_bytes,
+                    "oldest": when(summary.oldest),
+                    "newest": when(summary.newest),
+                }
+                for (kek_id, version), summary in sorted(self.by_kek.items())
+            ],
+            "plaintext_keys": self.plaintext_keys,
+            "foreign_objects": [{"key": key, "reason": reason} for key, reason in self.foreign],
+            "last_key": self.last_key,
+            "elapsed_seconds": round(self.elapsed, 3),
+        }
+
+
+def read_head(store: S3Store, info: ObjectInfo) -> bytes | None:
+    """The object's first bytes: its whole header if it is an envelope, read by ranged GETs."""
+    probe = min(info.size, HEADER_PROBE + len(info.key.encode("utf-8")))
+    if probe == 0:
+        return b""
+    head = store.get_range(info.key, 0, probe - 1)
+    if head is None or not is_envelope(head) or len(head) < PREAMBLE_SIZE:
+        return head
+    try:
+        total = header_length(head)
+    except EnvelopeError:
+        return head
+    if total > len(head) and total <= info.size:
+        rest = store.get_range(info.key, len(head), total - 1)
+        return None if rest is None else head + rest
+    return head
+
+
+def scan_object(store: S3Store, info: ObjectInfo) -> ScanEntry:
+    head = read_head(store, info)
+    if head is None:  # deleted since it was listed
+        return ScanEntry(info.key, State.FOREIGN, 0, info.last_modified, reason="deleted meanwhile")
+    state, header, reason = classify(info.key, head)
+    return ScanEntry(info.key, state, info.size, info.last_modified, header, reason)
+
+
+def scan(
+    store: S3Store,
+    *,
+    prefix: str = "",
+    workers: int = DEFAULT_WORKERS,
+    on_result: Callable[[ScanEntry], None] | None = None,
+) -> ScanReport:
+    """Classify every object under ``prefix`` from its header alone (no keyring)."""
+    step = partial(scan_object, store)
+    return Sweep(
+        store, step, ScanReport(), prefix=prefix, workers=workers, on_result=on_result
+    ).run()
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+VERIFY_OUTCOMES = (Outcome.VERIFIED, Outcome.PLAINTEXT, Outcome.FOREIGN, Outcome.FAILED)
+
+
+def verify_object(
+    store: S3Store, keyring: Keyring, pipeline: Pipeline, info: ObjectInfo
+) -> ObjectResult:
+    """Open the whole object with the keyring, bound to the key it was read from."""
+    try:
+        data = store.get(info.key)
+    except ClientError as exc:
+        return ObjectResult(info.key, Outcome.FAILED, reason=f"read failed: {describe_error(exc)}")
+    if data is None:
+        return ObjectResult(info.key, Outcome.CHANGED, reason="deleted meanwhile")
+    state, header, reason = classify(info.key, data)
+    if state is State.PLAINTEXT:
+        return ObjectResult(info.key, Outcome.PLAINTEXT)
+    if state is State.FOREIGN:
+        return ObjectResult(info.key, Outcome.FOREIGN, reason=reason)
+    assert header is not None
+    try:
+        pipeline.unseal(data, keyring=keyring, key=info.key)
+    except EnvelopeError as exc:
+        return ObjectResult(info.key, Outcome.FAILED, header.kek_id, describe_error(exc))
+    return ObjectResult(info.key, Outcome.VERIFIED, header.kek_id)
+
+
+def verify(
+    store: S3Store,
+    keyring: Keyring,
+    *,
+    prefix: str = "",
+    workers: int = DEFAULT_WORKERS,
+    pipeline: Pipeline | None = None,
+    on_result: Callable[[ObjectResult], None] | None = None,
+) -> SweepReport:
+    """Open every object under ``prefix``; failures are counted by reason."""
+    step = partial(verify_object, store, keyring, pipeline or Pipeline())
+    report = SweepReport("verify", VERIFY_OUTCOMES)
+    return Sweep(store, step, report, prefix=prefix, workers=workers, on_result=on_result).run()
+
+
+def failure_classes(report: SweepReport) -> Counter[str]:
+    """Failures counted by reason class (``IntegrityError``, ``UnknownKey``, S3 codes...)."""
+    return Counter(reason.split(":", 1)[0] for _, reason in report.failures)
+
+
+# -- migrate --------------------------------------------------------------------------------
+
+MIGRATE_OUTCOMES = (
+    Outcome.SEALED,
+    Outcome.CURRENT,
+    Outcome.CHANGED,
+    Outcome.FOREIGN,
+    Outcome.FAILED,
+)
+
+
+def migrate_object(
+    store: S3Store,
+    keyring: Keyring,
+    pipeline: Pipeline,
+    info: ObjectInfo,
+    *,
+    dry_run: bool = False,
+) -> ObjectResult:
+    """Seal one plaintext object in place under the active KEK, with ``If-Match`` on its ETag.
+
+    The value is sealed as text when it is UTF-8 (what the stock backend returns for text
+    serializers), else as bytes; the backend returns either as the app's serializer expects.
+    """
+    key = info.key
+    try:
+        got = store.get_with_etag(key)
+    except ClientError as exc:
+        return ObjectResult(key, Outcome.FAILED, reason=f"read failed: {describe_error(exc)}")
+    if got is None:
+        return ObjectResult(key, Outcome.CHANGED, reason="deleted meanwhile")
+    data, etag = got
+    state, header, reason = classify(key, data)
+    if state is State.SEALED:
+        return ObjectResult(key, Outcome.CURRENT, header.kek_id if header else None)
+    if state is State.FOREIGN:
+        return ObjectResult(key, Outcome.FOREIGN, reason=reason)
+    value: str | bytes
+    try:
+        value = data.decode("utf-8")
+    except UnicodeDecodeError:
+        value = data
+    try:
+        sealed = pipeline.seal(value, key=key, keyring=keyring)
+    except EnvelopeError as exc:
+        return ObjectResult(key, Outcome.FAILED, reason=describe_error(exc))
+    if dry_run:
+        return ObjectResult(key, Outcome.SEALED, keyring.active.id)
+    try:
+        store.put(key, sealed, if_match=etag)
+    except ClientError as exc:
+        if is_write_conflict(exc) or is_missing_key(exc):
+            return ObjectResult(key, Outcome.CHANGED, reason="rewritten meanwhile")
+        reason = f"write failed: {describe_error(exc)}"
+        return ObjectResult(key, Outcome.FAILED, reason=reason)
+    return ObjectResult(key, Outcome.SEALED, keyring.active.id)
+
+
+class Migration(Sweep[ObjectResult, SweepReport]):
+    """Seal every plaintext object under a prefix; ``sweep_options`` are ``Sweep``'s."""
+
+    def __init__(
+        self,
+        store: S3Store,
+        keyring: Keyring,
+        *,
+        dry_run: bool = False,
+        pipeline: Pipeline | None = None,
+        **sweep_options: Any,
+    ) -> None:
+        step = partial(migrate_object, store, keyring, pipeline or Pipeline(), dry_run=dry_run)
+        report = SweepReport("migrate", MIGRATE_OUTCOMES, keyring.active.id, dry_run=dry_run)
+        super().__init__(store, step, report, **sweep_options)

@@ -1,0 +1,178 @@
+"""Audit scan, verification and migration from the stock backend's plaintext results."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from celery import Celery
+
+import celery_s3_envelope as cse
+from backend_helpers import S3Endpoint, count_requests
+from celery_s3_envelope.audit import Migration, State, failure_classes, scan, verify
+from celery_s3_envelope.store import S3Store
+from celery_s3_envelope.sweep import Outcome
+
+BASE = "results/"
+
+
+@pytest.fixture
+def keyrings() -> tuple[cse.Keyring, cse.Keyring]:
+    """(k1 active), (k1 decrypt, k2 active)."""
+    k1 = cse.Keyring.generate("k1")
+    return k1, k1.with_entry(cse.LocalKey("k2", os.urandom(32), cse.KeyState.ACTIVE), activate=True)
+
+
+def stock_app(s3_endpoint: S3Endpoint, bucket: str, **conf: Any) -> Celery:
+    app = Celery("stock", set_as_current=False)
+    app.conf.update(result_backend="s3", s3_base_path=BASE, **s3_endpoint.settings(bucket), **conf)
+    return app
+
+
+def seal_many(store: S3Store, keyring: cse.Keyring, keys: list[str]) -> None:
+    def put(key: str) -> None:
+        store.put(
+            key, cse.seal(f'{{"status": "SUCCESS", "result": "{key}"}}', key=key, keyring=keyring)
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, keys))
+
+
+@pytest.fixture
+def mixed_bucket(
+    request: pytest.FixtureRequest,
+    s3_endpoint: S3Endpoint,
+    bucket: str,
+    store: S3Store,
+    keyrings: tuple[cse.Keyring, cse.Keyring],
+) -> dict[str, Any]:
+    """N results written by Celery's own S3 backend, N sealed under k1, N under k2, 5 junk
+    (N = 300 unless the test is parametrized indirectly with another count)."""
+    count = getattr(request, "param", 300)
+    stock = stock_app(s3_endpoint, bucket).backend
+    stock_ids = [str(uuid.uuid4()) for _ in range(count)]
+    for i, task_id in enumerate(stock_ids):
+        stock.store_result(task_id, {"n": i, "note": "written before the switch"}, "SUCCESS")
+    k1_only, both = keyrings
+    k1_keys = [f"{BASE}celery-task-meta-{uuid.uuid4()}" for _ in range(count)]
+    k2_keys = [f"{BASE}celery-task-meta-{uuid.uuid4()}" for _ in range(count)]
+    seal_many(store, k1_only, k1_keys)
+    seal_many(store, both, k2_keys)
+    junk = [f"{BASE}junk/{i}.bin" for i in range(5)]
+    for key in junk:
+        store.put(key, b"\xff\xfe" + os.urandom(300))
+    stock_values = {task_id: stock.get(stock.get_key_for_task(task_id)) for task_id in stock_ids}
+    return {"stock_ids": stock_ids, "stock_values": stock_values, "junk": junk, "count": count}
+
+
+def test_scan_counts_each_kind_then_migrate_leaves_no_plaintext(
+    s3_endpoint: S3Endpoint,
+    bucket: str,
+    store: S3Store,
+    mixed_bucket: dict[str, Any],
+    keyrings: tuple[cse.Keyring, cse.Keyring],
+    make_app: Callable[..., Celery],
+) -> None:
+    """One bucket of 300 stock results, 300 under k1, 300 under k2 and 5 junk objects."""
+    read: list[tuple[str, int]] = []
+    original = store.get_range
+
+    def counted(key: str, start: int, end: int) -> bytes | None:
+        data = original(key, start, end)
+        read.append((key, len(data or b"")))
+        return data
+
+    store.get_range = counted  # type: ignore[method-assign]
+    with count_requests(store.client) as requests:
+        report = scan(store, prefix=BASE)
+    store.get_range = original  # type: ignore[method-assign]
+
+    counts = report.to_dict()
+    assert (counts["objects"], counts["sealed"], counts["plaintext"], counts["foreign"]) == (
+        905,
+        600,
+        300,
+        5,
+    )
+    by_kek = {(g["kek_id"], g["version"]): g["objects"] for g in counts["sealed_by_kek"]}
+    assert by_kek == {("k1", 1): 300, ("k2", 1): 300}
+    assert report.plaintext_found and sorted(k for k, _ in report.foreign) == mixed_bucket["junk"]
+    # Only ranged GETs, one per object, none reading a sealed object past its header.
+    gets = [url for method, url in requests.sent if method == "GET" and "list-type" not in url]
+    assert len(gets) == 905
+    sizes = {info.key: info.size for info in store.list(BASE)}
+    bodies = store.get_many(key for key, _ in read)
+    for key, count in read:  # a sealed object's read ends within 18 bytes after its header
+        data = bodies[key] or b""
+        if data[:4] == b"\xe5CSE":
+            assert count <= cse.inspect(data).header_size + 18 < sizes[key], (key, count)
+
+    # Then migrate, with a live worker rewriting ten of the stock results meanwhile.
+    _, both = keyrings
+    stock_ids: list[str] = mixed_bucket["stock_ids"]
+    raced_ids = set(stock_ids[:10])
+    ours = make_app(s3_base_path=BASE, envelope_keyring=both).backend
+    original_get = store.get_with_etag
+
+    def get_then_worker_writes(key: str) -> Any:
+        got = original_get(key)
+        task_id = key.rsplit("celery-task-meta-", 1)[-1]
+        if task_id in raced_ids:  # a live worker stores this task's result again meanwhile
+            thread = threading.Thread(
+                target=ours.store_result, args=(task_id, {"rerun": True}, "SUCCESS")
+            )
+            thread.start()
+            thread.join()
+        return got
+
+    store.get_with_etag = get_then_worker_writes  # type: ignore[method-assign]
+    report = Migration(store, both, prefix=BASE, workers=8).run()
+    store.get_with_etag = original_get  # type: ignore[method-assign]
+
+    assert report.ok, report.failures
+    assert report.counts[Outcome.SEALED] == 290 and report.counts[Outcome.CHANGED] == 10
+    assert report.counts[Outcome.CURRENT] == 600 and report.counts[Outcome.FOREIGN] == 5
+    after = scan(store, prefix=BASE)
+    assert after.counts[State.PLAINTEXT.value] == 0 and after.counts[State.SEALED.value] == 900
+    for task_id in stock_ids:
+        meta = ours.get_task_meta(task_id)
+        if task_id in raced_ids:
+            assert meta["result"] == {"rerun": True}  # the worker's write survived
+        else:
+            key = ours.get_key_for_task(task_id)
+            assert ours.get(key) == mixed_bucket["stock_values"][task_id]
+            assert meta["result"]["note"] == "written before the switch"
+
+
+@pytest.mark.parametrize("mixed_bucket", [30], indirect=True)
+def test_verify_opens_every_sealed_object_and_counts_failures_by_reason(
+    store: S3Store, mixed_bucket: dict[str, Any], keyrings: tuple[cse.Keyring, cse.Keyring]
+) -> None:
+    _, both = keyrings
+    sealed = [i.key for i in store.list(BASE) if (store.get(i.key) or b"")[:4] == b"\xe5CSE"]
+    tampered = bytearray(store.get(sealed[0]) or b"")
+    tampered[-1] ^= 1
+    store.put(sealed[0], bytes(tampered))
+
+    report = verify(store, both, prefix=BASE)
+
+    assert report.counts[Outcome.VERIFIED] == 59
+    assert report.counts[Outcome.PLAINTEXT] == 30 and report.counts[Outcome.FOREIGN] == 5
+    assert failure_classes(report) == {"IntegrityError": 1}
+    assert report.failures[0][0] == sealed[0]
+
+
+@pytest.mark.parametrize("mixed_bucket", [30], indirect=True)
+def test_migrate_dry_run_writes_nothing(
+    store: S3Store, mixed_bucket: dict[str, Any], keyrings: tuple[cse.Keyring, cse.Keyring]
+) -> None:
+    before = {info.key: info.etag for info in store.list(BASE)}
+    report = Migration(store, keyrings[1], prefix=BASE, dry_run=True).run()
+    assert report.counts[Outcome.SEALED] == 30
+    assert {info.key: info.etag for info in store.list(BASE)} == before
