@@ -12,10 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import backend
 import codec
 from harness import Goal
 
-SECTIONS = {"codec": codec.run}
+SECTIONS = {"codec": codec.run, "backend": backend.run}
 
 
 def main() -> int:

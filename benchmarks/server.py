@@ -1,0 +1,115 @@
+"""The S3 (and KMS) server the backend benchmarks talk to.
+
+moto's server in its own process on 127.0.0.1 (so its request handling does not share our
+process's interpreter lock), or an external endpoint from ``S3_TEST_ENDPOINT_URL`` /
+``S3_TEST_ACCESS_KEY_ID`` / ``S3_TEST_SECRET_ACCESS_KEY`` (e.g. the Ceph RGW of `make test-rgw`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    access_key_id: str
+    secret_access_key: str
+    region: str
+    name: str
+
+    def client(self, service: str = "s3") -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
+
+    def settings(self, bucket: str) -> dict[str, str]:
+        return {
+            "s3_bucket": bucket,
+            "s3_endpoint_url": self.url,
+            "s3_region": self.region,
+            "s3_access_key_id": self.access_key_id,
+            "s3_secret_access_key": self.secret_access_key,
+        }
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def moto_process() -> Iterator[Endpoint]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = Endpoint(f"http://127.0.0.1:{port}", "bench", "bench", "us-east-1", "moto (process)")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                endpoint.client().list_buckets()
+                break
+            except Exception:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def s3_endpoint() -> Iterator[Endpoint]:
+    url = os.environ.get("S3_TEST_ENDPOINT_URL")
+    if url:
+        yield Endpoint(
+            url,
+            os.environ["S3_TEST_ACCESS_KEY_ID"],
+            os.environ["S3_TEST_SECRET_ACCESS_KEY"],
+            os.environ.get("S3_TEST_REGION", "us-east-1"),
+            f"external ({url})",
+        )
+        return
+    with moto_process() as endpoint:
+        yield endpoint
+
+
+@contextmanager
+def fresh_bucket(endpoint: Endpoint) -> Iterator[str]:
+    client = endpoint.client()
+    name = f"bench-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=name)
+    try:
+        yield name
+    finally:
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=name):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", ())]
+            if keys:
+                client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=name)
