@@ -14,9 +14,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import backend
 import codec
+import operations
 from harness import Goal
 
-SECTIONS = {"codec": codec.run, "backend": backend.run}
+SECTIONS = {
+    "codec": codec.run,
+    "backend": backend.run,
+    "rotation": operations.rotation,
+    "kms": operations.kms,
+}
 
 
 def main() -> int:

@@ -1,0 +1,126 @@
+"""Sections 4 and 5: rotation against a sequential re-seal loop, and KMS calls per 1,000 sets."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from celery import Celery
+from harness import Goal, table
+from payloads import celery_result
+from server import fresh_bucket, moto_process, s3_endpoint
+
+import celery_s3_envelope as cse
+from celery_s3_envelope.kms import KmsKey, KmsProvider
+from celery_s3_envelope.rotation import Rotation
+from celery_s3_envelope.store import S3Store
+
+
+def _fill(store: S3Store, keyring: cse.Keyring, prefix: str, count: int) -> list[str]:
+    keys = [f"{prefix}celery-task-meta-{i:06d}" for i in range(count)]
+    value = celery_result(1024)
+
+    def put(key: str) -> None:
+        store.put(key, cse.seal(value, key=key, keyring=keyring))
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, keys))
+    return keys
+
+
+def rotation(quick: bool = False) -> dict[str, Any]:
+    count = 500 if quick else 2000
+    k1 = cse.Keyring.generate("k1")
+    both = k1.with_entry(cse.LocalKey("k2", os.urandom(32), cse.KeyState.ACTIVE), activate=True)
+    with s3_endpoint() as endpoint, fresh_bucket(endpoint) as bucket:
+        store = S3Store(
+            bucket,
+            endpoint_url=endpoint.url,
+            region=endpoint.region,
+            access_key_id=endpoint.access_key_id,
+            secret_access_key=endpoint.secret_access_key,
+        )
+        loop_keys = _fill(store, k1, "loop/", count)
+        _fill(store, k1, "rotate/", count)
+
+        started = time.perf_counter()
+        for key in loop_keys:  # what one would write without the rotate command
+            data = store.get(key)
+            assert data is not None
+            store.put(key, cse.seal(cse.unseal(data, keyring=both, key=key), key=key, keyring=both))
+        sequential = time.perf_counter() - started
+
+        report = Rotation(store, both, prefix="rotate/", workers=16).run()
+        assert report.ok and report.counts["rewrapped"] == count
+        speedup = sequential / report.elapsed
+        name = endpoint.name
+    rows = [
+        [
+            "sequential get / unseal / seal / put",
+            f"{sequential:.2f} s",
+            f"{count / sequential:,.0f}",
+        ],
+        ["`rotate` (16 threads, rewrap)", f"{report.elapsed:.2f} s", f"{report.rate:,.0f}"],
+    ]
+    print(f"## 4. Rotation of {count:,} objects ({name})\n")
+    print(table(["method", "time", "objects/s"], rows))
+    print(f"\nspeed-up: {speedup:.2f}x\n")
+    return {
+        "results": {
+            "objects": count,
+            "server": name,
+            "sequential_seconds": sequential,
+            "rotate_seconds": report.elapsed,
+            "speedup": speedup,
+        },
+        "goals": [Goal("rotation_speedup_vs_sequential", speedup, 5, at_most=False)],
+    }
+
+
+def kms(quick: bool = False) -> dict[str, Any]:
+    count = 1000
+    results: dict[str, Any] = {}
+    rows = []
+    with moto_process() as endpoint, fresh_bucket(endpoint) as bucket:
+        arn = endpoint.client("kms").create_key()["KeyMetadata"]["Arn"]
+        for label, cache in (("cache on (default)", {}), ("cache off", {"cache_seconds": 0})):
+            provider = KmsProvider(
+                endpoint_url=endpoint.url,
+                region=endpoint.region,
+                access_key_id=endpoint.access_key_id,
+                secret_access_key=endpoint.secret_access_key,
+                scope=f"{bucket}/kms/",
+                **cache,
+            )
+            calls: list[str] = []
+            provider.client.meta.events.register(
+                "before-send.kms.*",
+                lambda request, calls=calls, **_: calls.append(
+                    request.headers["X-Amz-Target"].decode()
+                ),
+            )
+            keyring = cse.Keyring([KmsKey("kms-1", arn, cse.KeyState.ACTIVE)]).with_kms(provider)
+            app = Celery("kms", set_as_current=False)
+            app.conf.update(
+                result_backend="s3envelope",
+                envelope_keyring=keyring,
+                s3_base_path="kms/",
+                **endpoint.settings(bucket),
+            )
+            backend = app.backend
+            started = time.perf_counter()
+            for i in range(count):
+                backend.set(f"k-{i}", f'{{"status": "SUCCESS", "result": {i}}}')
+            elapsed = time.perf_counter() - started
+            generated = sum(1 for c in calls if c.endswith("GenerateDataKey"))
+            rows.append([label, f"{generated:,}", f"{len(calls):,}", f"{count / elapsed:,.0f}"])
+            results[label] = {"generate_data_key_calls": generated, "kms_calls": len(calls)}
+    print(f"## 5. KMS: calls per {count:,} results stored\n")
+    print(table(["KEK cache", "GenerateDataKey", "KMS calls", "sets/s"], rows))
+    print()
+    goals = [
+        Goal("kms_calls_per_1000_sets_cached", results["cache on (default)"]["kms_calls"], 1),
+    ]
+    return {"results": results, "goals": goals}
