@@ -1,0 +1,572 @@
+"""``EnvelopeS3Backend``: Celery's S3 result backend with every stored value a sealed envelope.
+
+A drop-in for ``celery.backends.s3.S3Backend``: same ``s3_*`` settings, same ``get`` / ``set`` /
+``delete`` contract, plus ``mget`` (native joins), ``incr`` (chords without polling, by S3
+conditional writes) and ``cleanup`` (``result_expires`` and ``result_failure_expires``). This module
+maps Celery's calls onto the pipeline and the store; it holds no crypto and calls no boto3 itself.
+``docs/backend.md`` is the settings reference and records the decisions taken here.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from botocore.exceptions import ClientError
+from celery import states  # type: ignore[import-untyped]
+from celery.app.backends import by_url  # type: ignore[import-untyped]
+from celery.backends import base as celery_base  # type: ignore[import-untyped]
+from celery.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
+from celery.utils.log import get_logger  # type: ignore[import-untyped]
+from kombu.exceptions import KombuError
+
+from .envelope import is_envelope
+from .errors import EnvelopeError, KeyringError, NotAnEnvelope
+from .keyring import DEFAULT_ENV_VAR, Keyring
+from .pipeline import (
+    DEFAULT_COMPRESSION_LEVEL,
+    DEFAULT_COMPRESSION_MIN_SIZE,
+    DEFAULT_MAX_SIZE,
+    Pipeline,
+)
+from .store import S3Store, is_missing_key, is_transient, is_write_conflict
+
+__all__ = ["SCHEME", "EnvelopeS3Backend", "backend_from_app"]
+
+logger = get_logger(__name__)
+
+SCHEME = "s3envelope"
+"""The URL scheme (never ``s3``: an entry point of that name would replace Celery's own)."""
+
+COMPRESSED_PAYLOAD_MAGIC: bytes = getattr(
+    celery_base, "COMPRESSED_PAYLOAD_MAGIC", b"\x00celery-compressed\x00"
+)
+"""Celery 5.7's in-band marker of a ``result_compression`` payload: already compressed."""
+
+EXPIRY_TAG = "celery-expiry-class"
+"""Object tag written when ``result_failure_expires`` is set: ``failure`` or ``default``."""
+
+INCR_MAX_ATTEMPTS = 64
+INCR_BACKOFF_START = 0.01
+INCR_BACKOFF_MAX = 0.5
+CLEANUP_READ_BATCH = 256
+RETRY_MODES = ("standard", "adaptive", "legacy")
+
+_URL_QUERY = {
+    "region": "s3_region",
+    "endpoint_url": "s3_endpoint_url",
+    "keyring": "envelope_keyring",
+    "compression_level": "envelope_compression_level",
+    "compression_min_size": "envelope_compression_min_size",
+    "max_size": "envelope_max_size",
+    "allow_plaintext": "envelope_allow_plaintext",
+    "max_pool_connections": "s3_max_pool_connections",
+    "mget_concurrency": "s3_mget_concurrency",
+    "retries_mode": "s3_retries_mode",
+    "max_attempts": "s3_max_attempts",
+    "connect_timeout": "s3_connect_timeout",
+    "read_timeout": "s3_read_timeout",
+}
+SETTINGS = (
+    # Celery's own S3Backend settings, same meaning:
+    "s3_bucket",
+    "s3_base_path",
+    "s3_endpoint_url",
+    "s3_region",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    # this backend's:
+    "envelope_keyring",
+    "envelope_compression_level",
+    "envelope_compression_min_size",
+    "envelope_max_size",
+    "envelope_allow_plaintext",
+    "s3_put_extra_args",
+    "s3_max_pool_connections",
+    "s3_mget_concurrency",
+    "s3_retries_mode",
+    "s3_max_attempts",
+    "s3_connect_timeout",
+    "s3_read_timeout",
+)
+"""Every setting the backend reads from ``app.conf`` (and accepts in ``options``)."""
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+_plaintext_warned_pid: int | None = None
+_plaintext_lock = threading.Lock()
+
+
+# -- configuration -----------------------------------------------------------------------------
+def settings_from_url(url: str) -> dict[str, Any]:
+    """``s3envelope://[key_id:secret@]bucket/base/path?region=..`` as setting names -> values.
+
+    The path names a folder: ``/results`` and ``/results/`` both give ``s3_base_path='results/'``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != SCHEME:
+        raise ImproperlyConfigured(f"result_backend URL must start with {SCHEME}://")
+    userinfo, _, bucket = parts.netloc.rpartition("@")
+    found: dict[str, Any] = {}
+    if bucket:
+        found["s3_bucket"] = unquote(bucket)
+    if userinfo:
+        key_id, _, secret = userinfo.partition(":")
+        found["s3_access_key_id"] = unquote(key_id)
+        if secret:
+            found["s3_secret_access_key"] = unquote(secret)
+    path = unquote(parts.path).lstrip("/")
+    if path:
+        found["s3_base_path"] = path if path.endswith("/") else path + "/"
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        setting = _URL_QUERY.get(name)
+        if setting is None:
+            raise ImproperlyConfigured(
+                f"unknown parameter {name!r} in the {SCHEME}:// URL "
+                f"(known: {', '.join(sorted(_URL_QUERY))})"
+            )
+        found[setting] = value
+    return found
+
+
+def _int(
+    settings: Mapping[str, Any], name: str, default: int, minimum: int, maximum: int | None = None
+) -> int:
+    value = settings.get(name)
+    if value is None:
+        return default
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, not {number}")
+    return number
+
+
+def _float(settings: Mapping[str, Any], name: str, default: float) -> float:
+    value = settings.get(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(f"{name} must be a number, not {value!r}") from None
+    if number <= 0:
+        raise ImproperlyConfigured(f"{name} must be positive, not {number}")
+    return number
+
+
+def _bool(settings: Mapping[str, Any], name: str) -> bool:
+    value = settings.get(name)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}")
+
+
+def _optional_str(settings: Mapping[str, Any], name: str) -> str | None:
+    value = settings.get(name)
+    return str(value) if value else None
+
+
+def load_keyring(value: object) -> Keyring:
+    """``envelope_keyring`` as given (path, dict or ``Keyring``; unset: the environment)."""
+    try:
+        if isinstance(value, Keyring):
+            return value
+        if isinstance(value, Mapping):
+            return Keyring.from_dict(value)
+        if isinstance(value, str | os.PathLike) and str(value):
+            return Keyring.from_file(value)
+        if value is None or value == "":
+            if os.environ.get(DEFAULT_ENV_VAR):
+                return Keyring.from_env()
+            raise ImproperlyConfigured(
+                "envelope_keyring is not set: give a keyring file path, a dict or a Keyring "
+                f"(or put the keyring's JSON in the {DEFAULT_ENV_VAR} environment variable)"
+            )
+    except KeyringError as exc:
+        raise ImproperlyConfigured(f"envelope_keyring: {exc}") from exc
+    raise ImproperlyConfigured(
+        f"envelope_keyring must be a path, a dict or a Keyring, not {type(value).__name__}"
+    )
+
+
+def _masked(url: str) -> str:
+    """``url`` with the password of its user info, if any, shown as ``**``."""
+    parts = urlsplit(url)
+    if not parts.scheme or parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:**@{host}"))
+
+
+def pipeline_from_settings(settings: Mapping[str, Any]) -> Pipeline:
+    return Pipeline(
+        compression_level=_int(
+            settings, "envelope_compression_level", DEFAULT_COMPRESSION_LEVEL, -7, 22
+        ),
+        compression_min_size=_int(
+            settings, "envelope_compression_min_size", DEFAULT_COMPRESSION_MIN_SIZE, 0
+        ),
+        max_size=_int(settings, "envelope_max_size", DEFAULT_MAX_SIZE, 1),
+    )
+
+
+def store_from_settings(settings: Mapping[str, Any]) -> S3Store:
+    put_extra_args = settings.get("s3_put_extra_args") or {}
+    if not isinstance(put_extra_args, Mapping):
+        raise ImproperlyConfigured("s3_put_extra_args must be a dict of PutObject arguments")
+    retries_mode = str(settings.get("s3_retries_mode") or "standard")
+    if retries_mode not in RETRY_MODES:
+        raise ImproperlyConfigured(f"s3_retries_mode must be one of {', '.join(RETRY_MODES)}")
+    max_pool = settings.get("s3_max_pool_connections")
+    max_attempts = settings.get("s3_max_attempts")
+    return S3Store(
+        str(settings["s3_bucket"]),
+        endpoint_url=_optional_str(settings, "s3_endpoint_url"),
+        region=_optional_str(settings, "s3_region"),
+        access_key_id=_optional_str(settings, "s3_access_key_id"),
+        secret_access_key=_optional_str(settings, "s3_secret_access_key"),
+        put_extra_args=put_extra_args,
+        max_pool_connections=None
+        if max_pool is None
+        else _int(settings, "s3_max_pool_connections", 10, 1),
+        mget_concurrency=_int(settings, "s3_mget_concurrency", 16, 1),
+        retries_mode=retries_mode,
+        max_attempts=None if max_attempts is None else _int(settings, "s3_max_attempts", 3, 1),
+        connect_timeout=_float(settings, "s3_connect_timeout", 10),
+        read_timeout=_float(settings, "s3_read_timeout", 60),
+    )
+
+
+def _cutoff(now: datetime, expires: float | None) -> datetime | None:
+    """Objects last modified at or before this moment have expired (``None``: never)."""
+    return now - timedelta(seconds=expires) if expires else None
+
+
+def _warn_plaintext_once(key: str) -> None:
+    global _plaintext_warned_pid
+    pid = os.getpid()
+    with _plaintext_lock:
+        if _plaintext_warned_pid == pid:
+            return
+        _plaintext_warned_pid = pid
+    logger.warning(
+        "read a plaintext (non-envelope) result at %r because envelope_allow_plaintext is on; "
+        "this process will not warn again. Turn it off once the migration is done.",
+        key,
+    )
+
+
+# -- the backend -------------------------------------------------------------------------------
+class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
+    """An S3 result store whose objects are sealed (compressed, encrypted, authenticated)."""
+
+    supports_native_join = True
+    supports_result_compression = True
+    supports_failure_expires = True
+    implements_incr = True
+
+    store: S3Store
+    keyring: Keyring
+    pipeline: Pipeline
+    bucket_name: str
+    base_path: str
+
+    def __init__(
+        self, url: str | None = None, options: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        """``options`` (setting names) override ``app.conf``; URL values override both."""
+        super().__init__(url=url, **kwargs)
+        self._options = dict(options or {})
+        unknown = set(self._options) - set(SETTINGS)
+        if unknown:
+            raise ImproperlyConfigured(f"unknown backend options: {', '.join(sorted(unknown))}")
+        self._base_kwargs = {k: v for k, v in kwargs.items() if k != "app"}
+        conf = self.app.conf
+        settings: dict[str, Any] = {name: conf.get(name) for name in SETTINGS}
+        settings.update(self._options)
+        if url:
+            settings.update(settings_from_url(url))
+
+        self.bucket_name = str(settings["s3_bucket"] or "")
+        if not self.bucket_name:
+            raise ImproperlyConfigured("Missing bucket name")
+        self.base_path = str(settings["s3_base_path"] or "")
+        self.endpoint_url = _optional_str(settings, "s3_endpoint_url")
+        self.aws_region = _optional_str(settings, "s3_region")
+        self.allow_plaintext = _bool(settings, "envelope_allow_plaintext")
+        self.keyring = load_keyring(settings["envelope_keyring"])
+        self.pipeline = pipeline_from_settings(settings)
+        self.store = store_from_settings(settings)
+        if not self.store.has_credentials():
+            raise ImproperlyConfigured("Missing aws s3 creds")
+
+        failure_expires = conf.get("result_failure_expires")
+        self.failure_expires: float | None = (
+            self.expires if failure_expires is None else self.prepare_expires(failure_expires)
+        )
+        # Tags cost an s3:PutObjectTagging permission and reveal failed-or-not: only on demand.
+        self.tag_expiry_class = failure_expires is not None
+        self._storing = threading.local()
+
+    # -- identity ----------------------------------------------------------------------------
+    def as_uri(self, include_password: bool = False) -> str:
+        """The backend's URL with the secret access key masked (``include_password``: as given)."""
+        if not self.url:
+            return f"{SCHEME}://{self.bucket_name}/{self.base_path}"
+        if include_password:
+            return str(self.url)
+        parts = urlsplit(_masked(self.url))
+        query = [
+            (name, _masked(value)) for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        return urlunsplit(parts._replace(query=urlencode(query, safe=":/")))
+
+    def __reduce__(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        """Pickle with the URL and the options, so a worker rebuilds the same backend."""
+        kwargs = {**(kwargs or {}), **self._base_kwargs, "url": self.url, "options": self._options}
+        return super().__reduce__(args, kwargs)
+
+    def exception_safe_to_retry(self, exc: BaseException) -> bool:
+        """For ``result_backend_always_retry``: connection errors, timeouts, 5xx, throttling."""
+        return is_transient(exc)
+
+    # -- key/value ---------------------------------------------------------------------------
+    def _object_key(self, key: str | bytes) -> str:
+        """The full S3 object key: ``s3_base_path`` prepended as is, like the stock backend."""
+        text = key.decode("utf-8") if isinstance(key, bytes) else str(key)
+        return self.base_path + text if self.base_path else text
+
+    def _seal(self, object_key: str, value: str | bytes) -> bytes:
+        data = value if isinstance(value, str) else bytes(value)
+        # Celery's result_compression payloads are compressed already: zstd would only cost.
+        compress = not (isinstance(data, bytes) and data.startswith(COMPRESSED_PAYLOAD_MAGIC))
+        return self.pipeline.seal(data, key=object_key, keyring=self.keyring, compress=compress)
+
+    def _open(self, object_key: str, data: bytes) -> str | bytes:
+        """The sealed value; a legacy plaintext object only in migration mode."""
+        if is_envelope(data):
+            return self.pipeline.unseal(data, keyring=self.keyring, key=object_key)
+        if not self.allow_plaintext:
+            raise NotAnEnvelope(
+                f"object {object_key!r} is not an envelope (a plaintext result, e.g. written by "
+                "Celery's S3Backend); set envelope_allow_plaintext = True to read such results "
+                "while migrating"
+            )
+        _warn_plaintext_once(object_key)
+        return data
+
+    def _as_returned(self, value: str | bytes) -> str | bytes:
+        """What the stock backend returns: bytes for binary serializers, else text."""
+        if isinstance(value, str):
+            if self.content_encoding == "binary":
+                return value.encode("utf-8", "surrogatepass")
+            return value
+        if self.content_encoding == "binary" or value.startswith(COMPRESSED_PAYLOAD_MAGIC):
+            return value
+        return value.decode("utf-8")
+
+    def _value(self, object_key: str, data: bytes | None) -> str | bytes | None:
+        return None if data is None else self._as_returned(self._open(object_key, data))
+
+    def _tags(self, state: str | None) -> dict[str, str] | None:
+        if not self.tag_expiry_class:
+            return None
+        return {EXPIRY_TAG: "failure" if state == states.FAILURE else "default"}
+
+    def _put(self, key: str | bytes, value: str | bytes, state: str | None) -> None:
+        object_key = self._object_key(key)
+        self.store.put(object_key, self._seal(object_key, value), tags=self._tags(state))
+
+    def get(self, key: str | bytes) -> str | bytes | None:
+        """The stored value (one GetObject), ``None`` when absent."""
+        object_key = self._object_key(key)
+        return self._value(object_key, self.store.get(object_key))
+
+    def mget(self, keys: Iterable[str | bytes]) -> list[str | bytes | None]:
+        """``get`` for many keys, concurrently; the list follows ``keys``' order."""
+        object_keys = [self._object_key(key) for key in keys]
+        found = self.store.get_many(object_keys)
+        return [self._value(key, found[key]) for key in object_keys]
+
+    def set(self, key: str | bytes, value: str | bytes) -> None:
+        """Seal ``value`` for its object key and write it (one PutObject)."""
+        self._put(key, value, None)
+
+    def _set_with_state(self, key: str | bytes, value: str | bytes, state: str) -> None:
+        self._put(key, value, state)
+
+    def delete(self, key: str | bytes) -> None:
+        """Delete the object (one DeleteObject)."""
+        self.store.delete(self._object_key(key))
+
+    # -- store_result: the previous object may not open --------------------------------------
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Celery's own flow; only its read of the previous result tolerates a bad object."""
+        self._storing.active = True
+        try:
+            return super()._store_result(
+                task_id, result, state, traceback, request=request, **kwargs
+            )
+        finally:
+            self._storing.active = False
+
+    def _get_task_meta_for(self, task_id: str) -> Any:
+        if not getattr(self._storing, "active", False):
+            return super()._get_task_meta_for(task_id)
+        try:
+            return super()._get_task_meta_for(task_id)
+        except EnvelopeError as exc:
+            # Failing here would make the task's result unstorable for ever; the old object is
+            # unreadable anyway, so it counts as absent and the new result replaces it.
+            logger.warning(
+                "previous result at %r cannot be opened (%s): writing the new result over it",
+                self._object_key(self.get_key_for_task(task_id)),
+                type(exc).__name__,
+            )
+            return {"status": states.PENDING, "result": None}
+
+    # -- chords: a counter by conditional writes ---------------------------------------------
+    def incr(self, key: str | bytes) -> int:
+        """Add one to the sealed counter at ``key`` and return the new value.
+
+        Read the counter and its ETag, write the next value with If-Match (If-None-Match when
+        absent), and on a lost race (412/409, or the key deleted meanwhile) back off with jitter
+        and start again. Each returned value is therefore handed out exactly once.
+        """
+        object_key = self._object_key(key)
+        delay = INCR_BACKOFF_START
+        jitter = random.SystemRandom()
+        for _ in range(INCR_MAX_ATTEMPTS):
+            current = self.store.get_with_etag(object_key)
+            value = 1 if current is None else self._counter(object_key, current[0]) + 1
+            sealed = self._seal(object_key, str(value))
+            try:
+                if current is None:
+                    self.store.put(object_key, sealed, if_none_match=True, tags=self._tags(None))
+                else:
+                    self.store.put(object_key, sealed, if_match=current[1], tags=self._tags(None))
+            except ClientError as exc:
+                if not (is_write_conflict(exc) or is_missing_key(exc)):
+                    raise
+                logger.debug("chord counter %r: lost a write race, retrying", object_key)
+                time.sleep(jitter.uniform(0, delay))
+                delay = min(delay * 2, INCR_BACKOFF_MAX)
+                continue
+            return value
+        raise ClientError(
+            {"Error": {"Code": "ConditionalRequestConflict", "Message": "too much contention"}},
+            f"incr {object_key!r} after {INCR_MAX_ATTEMPTS} attempts",
+        )
+
+    def _counter(self, object_key: str, data: bytes) -> int:
+        text = self._open(object_key, data)
+        return int(text if isinstance(text, str) else text.decode("ascii"))
+
+    def expire(self, key: str | bytes, value: Any) -> None:
+        """S3 has no per-object TTL: expiry is ``cleanup``'s job (or a lifecycle rule's)."""
+
+    # -- expiry ------------------------------------------------------------------------------
+    def cleanup(self, now: datetime | None = None) -> None:
+        """Delete expired results (Celery's daily ``celery.backend_cleanup`` calls this).
+
+        Age is the object's LastModified against ``now``. Task results expire after
+        ``result_expires``, failed ones after ``result_failure_expires`` when it is set; groups
+        after ``result_expires``, chord counters after ``result_chord_expires``.
+        """
+        now = now or datetime.now(UTC)
+        deleted = self.store.delete_many(self._expired_keys(now))
+        logger.info("cleanup deleted %d expired objects under %r", deleted, self.base_path)
+
+    def _expired_keys(self, now: datetime) -> Iterator[str]:
+        for prefix, expires in (
+            (self.group_keyprefix, self.expires),
+            (self.chord_keyprefix, self.chord_expires),
+        ):
+            cutoff = _cutoff(now, expires)
+            if cutoff is not None:
+                for info in self.store.list(self._object_key(prefix)):
+                    if info.last_modified <= cutoff:
+                        yield info.key
+        yield from self._expired_task_keys(now)
+
+    def _expired_task_keys(self, now: datetime) -> Iterator[str]:
+        default_cutoff = _cutoff(now, self.expires)
+        failure_cutoff = _cutoff(now, self.failure_expires)
+        if default_cutoff is None and failure_cutoff is None:
+            return
+        undecided: list[str] = []
+        # Between the two expiries only the result's state decides: read it (the authenticated
+        # envelope, not a tag anyone with PutObjectTagging could change).
+        failures_first = default_cutoff is None or (
+            failure_cutoff is not None and failure_cutoff > default_cutoff
+        )
+        for info in self.store.list(self._object_key(self.task_keyprefix)):
+            past_default = default_cutoff is not None and info.last_modified <= default_cutoff
+            past_failure = failure_cutoff is not None and info.last_modified <= failure_cutoff
+            if past_default and past_failure:
+                yield info.key
+            elif past_default or past_failure:
+                undecided.append(info.key)
+                if len(undecided) >= CLEANUP_READ_BATCH:
+                    yield from self._expired_by_state(undecided, failures_first)
+                    undecided = []
+        if undecided:
+            yield from self._expired_by_state(undecided, failures_first)
+
+    def _expired_by_state(self, object_keys: list[str], failures: bool) -> Iterator[str]:
+        """Those of ``object_keys`` that failed (``failures``) or did not; unreadable: kept."""
+        for object_key, data in self.store.get_many(object_keys).items():
+            if data is None:
+                continue
+            try:
+                status = self.decode(self._as_returned(self._open(object_key, data)))["status"]
+            except (EnvelopeError, KombuError, ValueError, KeyError, TypeError) as exc:
+                logger.warning(
+                    "cleanup: cannot read the state of %r (%s); kept until both expiries pass",
+                    object_key,
+                    type(exc).__name__,
+                )
+                continue
+            if (status == states.FAILURE) == failures:
+                yield object_key
+
+
+def backend_from_app(app: Any) -> EnvelopeS3Backend:
+    """The app's backend when it is an ``EnvelopeS3Backend``, else one built from ``app.conf``
+    (so ``celery -A proj envelope ...`` reuses the app's configuration)."""
+    try:
+        cls, _ = by_url(app.backend_cls or app.conf.result_backend, app.loader)
+    except ImproperlyConfigured:
+        cls = None
+    if isinstance(cls, type) and issubclass(cls, EnvelopeS3Backend):
+        backend = app.backend
+        if isinstance(backend, EnvelopeS3Backend):
+            return backend
+    return EnvelopeS3Backend(app=app)

@@ -1,0 +1,309 @@
+"""S3 object I/O: one boto3 *client* per process, no envelope logic.
+
+A client, never a resource: clients are thread-safe, resources are not. One per process: Celery's
+prefork pool forks after the backend (and so perhaps its client) exists, and a client's connection
+pool must never be shared between processes, so the client is re-created when ``os.getpid()``
+changes. Storage errors are botocore's, unchanged, so Celery's retry logic can judge them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+logger = logging.getLogger(__name__)
+
+DELETE_BATCH_SIZE = 1000
+"""DeleteObjects takes at most 1,000 keys a request."""
+
+MISSING_KEY_CODES = frozenset({"NoSuchKey", "404"})
+CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "Throttling",
+        "ThrottlingException",
+    }
+)
+
+
+def error_code(exc: ClientError) -> str:
+    """The S3 error code of a ``ClientError`` ('' when the server sent none)."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def http_status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def is_missing_key(exc: ClientError) -> bool:
+    return error_code(exc) in MISSING_KEY_CODES
+
+
+def is_write_conflict(exc: ClientError) -> bool:
+    """A conditional write lost a race: 412 (If-Match / If-None-Match failed), or 409 (AWS's
+    ConditionalRequestConflict while another conditional write to the key is in flight)."""
+    return error_code(exc) in CONFLICT_CODES or http_status(exc) in (409, 412)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: connection trouble, timeouts, 5xx and throttling."""
+    if isinstance(
+        exc,
+        EndpointConnectionError | ConnectionClosedError | ConnectTimeoutError | ReadTimeoutError,
+    ):
+        return True
+    if isinstance(exc, ClientError):
+        return error_code(exc) in TRANSIENT_CODES or http_status(exc) >= 500
+    return False
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object (what ListObjectsV2 says about it)."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+_stores: weakref.WeakSet[S3Store] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by a parent thread at fork time stays held for ever in the child.
+    for store in list(_stores):
+        store._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class S3Store:
+    """The bucket's objects: get, conditional put, delete, batched delete, list, multi-get."""
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        put_extra_args: Mapping[str, Any] | None = None,
+        max_pool_connections: int | None = None,
+        mget_concurrency: int = 16,
+        retries_mode: str = "standard",
+        max_attempts: int | None = None,
+        connect_timeout: float = 10,
+        read_timeout: float = 60,
+    ) -> None:
+        if not bucket:
+            raise ValueError("a bucket name is required")
+        if mget_concurrency < 1:
+            raise ValueError("mget_concurrency must be at least 1")
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key
+        self.put_extra_args: dict[str, Any] = dict(put_extra_args or {})
+        self.mget_concurrency = mget_concurrency
+        retries: dict[str, Any] = {"mode": retries_mode}
+        if max_attempts is not None:  # attempts in all, the first included (AWS_MAX_ATTEMPTS)
+            retries["total_max_attempts"] = max_attempts
+        self.config = Config(
+            retries=retries,  # type: ignore[arg-type]
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            # One connection per concurrent get, so mget threads never wait for a socket.
+            max_pool_connections=max_pool_connections or max(10, mget_concurrency),
+        )
+        self._lock = threading.Lock()
+        self._current: tuple[int, S3Client] | None = None
+        _stores.add(self)
+
+    def __repr__(self) -> str:  # no credentials
+        return f"S3Store(bucket={self.bucket!r}, endpoint_url={self.endpoint_url!r})"
+
+    # -- the client -------------------------------------------------------------------------
+    def _session(self) -> boto3.session.Session:
+        # A session per client: boto3's default session is not thread-safe.
+        return boto3.session.Session(
+            aws_access_key_id=self._access_key_id,
+            aws_secret_access_key=self._secret_access_key,
+            region_name=self.region,
+        )
+
+    def has_credentials(self) -> bool:
+        """Whether credentials are configured or found by boto3's usual chain."""
+        return self._session().get_credentials() is not None
+
+    @property
+    def client(self) -> S3Client:
+        """This process's client: created on first use, and again after a fork."""
+        pid = os.getpid()
+        current = self._current  # one read: (pid, client) always belong together
+        if current is not None and current[0] == pid:
+            return current[1]
+        with self._lock:
+            current = self._current
+            if current is None or current[0] != pid:
+                client = self._session().client(
+                    "s3", endpoint_url=self.endpoint_url, config=self.config
+                )
+                current = self._current = (pid, client)
+            return current[1]
+
+    # -- single objects ---------------------------------------------------------------------
+    def get(self, key: str) -> bytes | None:
+        """The object's body from ONE GetObject; ``None`` when the key does not exist."""
+        found = self.get_with_etag(key)
+        return None if found is None else found[0]
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        """Body and ETag from one GetObject (for a later ``put(if_match=etag)``)."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if is_missing_key(exc):
+                return None
+            raise
+        body = response["Body"]
+        try:
+            return body.read(), response["ETag"]
+        finally:
+            body.close()
+
+    def get_range(self, key: str, start: int, end: int) -> bytes | None:
+        """Bytes ``start`` to ``end`` inclusive (HTTP Range semantics) of the object."""
+        if start < 0 or end < start:
+            raise ValueError("need 0 <= start <= end")
+        try:
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}"
+            )
+        except ClientError as exc:
+            if is_missing_key(exc):
+                return None
+            raise
+        body = response["Body"]
+        try:
+            return body.read()
+        finally:
+            body.close()
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Write the object and return its ETag.
+
+        ``if_match`` writes only over that ETag, ``if_none_match`` only when the key is absent;
+        a failed precondition raises botocore's ``ClientError`` (PreconditionFailed, 412).
+        ``tags`` are sent as the object's tag set in the same request.
+        """
+        if if_match is not None and if_none_match:
+            raise ValueError("if_match and if_none_match exclude each other")
+        kwargs: dict[str, Any] = {**self.put_extra_args, "Bucket": self.bucket, "Key": key}
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if tags:
+            kwargs["Tagging"] = urlencode(dict(tags))
+        response = self.client.put_object(Body=body, **kwargs)
+        return response["ETag"]
+
+    def delete(self, key: str) -> None:
+        """Delete the object (deleting an absent key is not an error in S3)."""
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    # -- many objects -----------------------------------------------------------------------
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete ``keys`` with DeleteObjects, 1,000 a request; returns how many were deleted.
+
+        Keys the server refuses to delete are logged (key and error code) and not counted.
+        """
+        deleted = 0
+        batch: list[str] = []
+        for key in keys:
+            batch.append(key)
+            if len(batch) == DELETE_BATCH_SIZE:
+                deleted += self._delete_batch(batch)
+                batch = []
+        if batch:
+            deleted += self._delete_batch(batch)
+        return deleted
+
+    def _delete_batch(self, keys: list[str]) -> int:
+        response = self.client.delete_objects(
+            Bucket=self.bucket,
+            Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+        )
+        errors = response.get("Errors", [])
+        for error in errors:
+            logger.warning(
+                "could not delete s3://%s/%s: %s", self.bucket, error.get("Key"), error.get("Code")
+            )
+        return len(keys) - len(errors)
+
+    def list(
+        self, prefix: str = "", *, start_after: str | None = None, page_size: int | None = None
+    ) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` in key order, holding one listing page at a time."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        if page_size is not None:
+            kwargs["PaginationConfig"] = {"PageSize": page_size}
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(**kwargs):
+            for item in page.get("Contents", ()):
+                yield ObjectInfo(
+                    key=item["Key"],
+                    size=item["Size"],
+                    etag=item["ETag"],
+                    last_modified=item["LastModified"],
+                )
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """``get`` for each key, ``mget_concurrency`` at a time; the first error propagates."""
+        unique = list(dict.fromkeys(keys))
+        if len(unique) <= 1:
+            return {key: self.get(key) for key in unique}
+        _ = self.client  # create it once here, rather than racing in every worker thread
+        workers = min(self.mget_concurrency, len(unique))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3-get-many") as pool:
+            return dict(zip(unique, pool.map(self.get, unique), strict=True))

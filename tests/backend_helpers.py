@@ -1,0 +1,134 @@
+"""Helpers for the backend and store tests (not fixtures: plain functions and types)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.awsrequest import AWSResponse
+from botocore.config import Config
+
+from celery_s3_envelope.store import S3Store
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+
+@dataclass
+class Requests:
+    """HTTP requests seen by one client (botocore's ``before-send``: retries count too)."""
+
+    sent: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.sent)
+
+    @property
+    def methods(self) -> list[str]:
+        return [method for method, _ in self.sent]
+
+
+@contextmanager
+def count_requests(client: Any) -> Iterator[Requests]:
+    """Record every HTTP request ``client`` sends inside the block."""
+    seen = Requests()
+
+    def record(request: Any, **_: Any) -> None:  # returning None lets the request go out
+        seen.sent.append((request.method, request.url))
+
+    client.meta.events.register("before-send.s3", record)
+    try:
+        yield seen
+    finally:
+        client.meta.events.unregister("before-send.s3", record)
+
+
+MOTO_ACCESS_KEY_ID = "testing-access-key-id"
+MOTO_SECRET_ACCESS_KEY = "testing-secret-access-key"  # a dummy: moto accepts any credentials
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    """Where the tests' S3 is, and how to reach it."""
+
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    region: str
+    is_moto: bool
+
+    def client(self) -> S3Client:
+        """A plain client for test set-up and inspection (not the code under test)."""
+        session = boto3.session.Session(
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            region_name=self.region,
+        )
+        return session.client(
+            "s3", endpoint_url=self.endpoint_url, config=Config(retries={"mode": "standard"})
+        )
+
+    def settings(self, bucket: str) -> dict[str, Any]:
+        """The stock ``s3_*`` Celery settings for ``bucket``."""
+        return {
+            "s3_bucket": bucket,
+            "s3_endpoint_url": self.endpoint_url,
+            "s3_region": self.region,
+            "s3_access_key_id": self.access_key_id,
+            "s3_secret_access_key": self.secret_access_key,
+        }
+
+    def store(self, bucket: str, **kwargs: Any) -> S3Store:
+        return S3Store(
+            bucket,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+            **kwargs,
+        )
+
+
+def empty_bucket(client: S3Client, bucket: str) -> None:
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", ())]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
+class _RawBody:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.body
+
+
+@contextmanager
+def server_answers(client: Any, operation: str, status: int, code: str) -> Iterator[None]:
+    """Inside the block, ``operation`` gets an S3 error reply without reaching the server (for
+    replies moto cannot be made to give, such as 403 AccessDenied)."""
+    body = (
+        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+        f"<Message>{code} (simulated)</Message></Error>"
+    ).encode()
+
+    def answer(request: Any, **_: Any) -> AWSResponse:
+        return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _RawBody(body))
+
+    event = f"before-send.s3.{operation}"
+    client.meta.events.register_first(event, answer)
+    try:
+        yield
+    finally:
+        client.meta.events.unregister(event, answer)
+
+
+def missing_bucket_name() -> str:
+    """A bucket name nobody has created (unique, so safe on a shared real server too)."""
+    return f"missing-{uuid.uuid4().hex[:24]}"

@@ -1,0 +1,152 @@
+"""Shared S3 fixtures: one S3 endpoint per session, a fresh bucket per test.
+
+Every S3-facing test gets its endpoint and credentials from ``s3_endpoint`` alone. By default it is
+moto's ``ThreadedMotoServer`` on 127.0.0.1 at a free port, with dummy credentials. To run the same
+tests against a real S3 server (Ceph RGW, MinIO, AWS), set ``S3_TEST_ENDPOINT_URL``,
+``S3_TEST_ACCESS_KEY_ID`` and ``S3_TEST_SECRET_ACCESS_KEY`` (and optionally ``S3_TEST_REGION``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from celery import Celery
+
+from backend_helpers import MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, S3Endpoint, empty_bucket
+from celery_s3_envelope import Keyring
+from celery_s3_envelope.backend import EnvelopeS3Backend
+from celery_s3_envelope.store import S3Store
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+
+class _Serialized:
+    """Run moto's WSGI app one request at a time.
+
+    S3 makes each conditional write atomic (If-Match / If-None-Match decide and write as one
+    step); moto checks and then writes in separate steps, unlocked, so two racing writes can both
+    pass. Serializing requests gives moto S3's guarantee, which the chord counter relies on.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with self.lock:
+            response = self.app(environ, start_response)
+            try:
+                return list(response)
+            finally:
+                close = getattr(response, "close", None)
+                if close is not None:
+                    close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[S3Endpoint]:
+    url = os.environ.get("S3_TEST_ENDPOINT_URL")
+    if url:
+        yield S3Endpoint(
+            endpoint_url=url,
+            access_key_id=os.environ["S3_TEST_ACCESS_KEY_ID"],
+            secret_access_key=os.environ["S3_TEST_SECRET_ACCESS_KEY"],
+            region=os.environ.get("S3_TEST_REGION", "us-east-1"),
+            is_moto=False,
+        )
+        return
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    wsgi_server = server._server  # moto does not expose it; wrap before any request arrives
+    assert wsgi_server is not None
+    wsgi_server.app = _Serialized(wsgi_server.app)
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Endpoint(
+            endpoint_url=f"http://{host}:{port}",
+            access_key_id=MOTO_ACCESS_KEY_ID,
+            secret_access_key=MOTO_SECRET_ACCESS_KEY,
+            region="us-east-1",
+            is_moto=True,
+        )
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: Any) -> None:
+    """No real credentials, profiles, instance metadata or keyring from the caller's shell."""
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name == "CELERY_S3_ENVELOPE_KEYRING":
+            monkeypatch.delenv(name)
+    nowhere = tmp_path_factory.getbasetemp() / "no-aws-config"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(nowhere))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def s3_client(s3_endpoint: S3Endpoint) -> S3Client:
+    return s3_endpoint.client()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: S3Endpoint, s3_client: S3Client) -> Iterator[str]:
+    """A new, empty bucket, deleted with its objects afterwards."""
+    name = f"test-{uuid.uuid4().hex[:20]}"
+    s3_client.create_bucket(Bucket=name)
+    try:
+        yield name
+    finally:
+        empty_bucket(s3_client, name)
+        s3_client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
+def store(s3_endpoint: S3Endpoint, bucket: str) -> S3Store:
+    return s3_endpoint.store(bucket)
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring.generate("k1")
+
+
+@pytest.fixture
+def keyring_file(tmp_path: Path, keyring: Keyring) -> Path:
+    path = tmp_path / "keyring.json"
+    keyring.to_file(path)
+    return path
+
+
+@pytest.fixture
+def make_app(s3_endpoint: S3Endpoint, bucket: str, keyring: Keyring) -> Callable[..., Celery]:
+    """``make_app(**conf)``: a Celery app whose result backend is ours on the test bucket."""
+
+    def make(**conf: Any) -> Celery:
+        app = Celery("tests", set_as_current=False)
+        app.conf.update(
+            result_backend="s3envelope",
+            envelope_keyring=keyring,
+            **s3_endpoint.settings(bucket),
+        )
+        app.conf.update(conf)
+        return app
+
+    return make
+
+
+@pytest.fixture
+def backend(make_app: Callable[..., Celery]) -> EnvelopeS3Backend:
+    app_backend = make_app().backend
+    assert isinstance(app_backend, EnvelopeS3Backend)
+    return app_backend

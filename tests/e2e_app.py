@@ -1,0 +1,62 @@
+"""The Celery app of the end-to-end test: the worker subprocess and the test share it.
+
+The worker imports this module (``celery -A e2e_app worker``) and configures the app from the JSON
+in ``E2E_CELERY_CONFIG``; the test calls ``make_app`` with the same dictionary. Results are
+derived from the arguments through a hash, so a result's text never appears in its arguments:
+finding it anywhere (a bucket object, a log line) means the result itself leaked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from celery import Celery
+
+CONFIG_VARIABLE = "E2E_CELERY_CONFIG"
+CALLBACK_LOG_SETTING = "e2e_callback_log"
+
+
+def secret(kind: str, token: str, number: int) -> str:
+    """The plaintext a task produces for ``(token, number)``: unguessable from its arguments."""
+    digest = hashlib.sha256(f"{kind}:{token}:{number}".encode()).hexdigest()[:24]
+    return f"{kind}-{digest}"
+
+
+class E2EFailure(ValueError):
+    """What ``fail`` raises: a traceback in the result, a plaintext message in the exception."""
+
+
+def make_app(config: dict[str, Any]) -> Celery:
+    app = Celery("e2e_app", set_as_current=False)
+    app.conf.update(config)
+
+    @app.task(name="e2e.echo")
+    def echo(number: int, token: str) -> dict[str, Any]:
+        return {"number": number, "secret": secret("result", token, number)}
+
+    @app.task(name="e2e.fail")
+    def fail(number: int, token: str) -> None:
+        raise E2EFailure(secret("failure", token, number))
+
+    @app.task(name="e2e.collect")
+    def collect(parts: list[dict[str, Any]], token: str) -> dict[str, Any]:
+        # One line per run: the test counts the lines to prove the callback ran exactly once.
+        with open(app.conf[CALLBACK_LOG_SETTING], "a", encoding="utf-8") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return {
+            "count": len(parts),
+            "total": sum(part["number"] for part in parts),
+            "secret": secret("chord", token, len(parts)),
+        }
+
+    @app.task(name="e2e.sentinel")
+    def sentinel() -> str:
+        return "done"
+
+    return app
+
+
+app = make_app(json.loads(os.environ[CONFIG_VARIABLE])) if CONFIG_VARIABLE in os.environ else None

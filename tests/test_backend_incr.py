@@ -1,0 +1,72 @@
+"""Chords without polling: ``incr`` by S3 conditional writes hands out every value exactly once."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from backend_helpers import count_requests, missing_bucket_name
+from celery_s3_envelope import Keyring, inspect, unseal
+from celery_s3_envelope.backend import EnvelopeS3Backend
+
+
+def test_incr_counts_in_a_sealed_object(
+    backend: EnvelopeS3Backend, keyring: Keyring, s3_client: Any, bucket: str
+) -> None:
+    key = backend.get_key_for_chord("group-1")
+    assert [backend.incr(key) for _ in range(3)] == [1, 2, 3]
+    body = s3_client.get_object(Bucket=bucket, Key="chord-unlock-group-1")["Body"].read()
+    assert inspect(body).key == "chord-unlock-group-1"
+    assert unseal(body, keyring=keyring, key="chord-unlock-group-1") == "3"
+    assert backend.implements_incr and backend.apply_chord == backend._apply_chord_incr
+
+
+def test_concurrent_incr_hands_out_each_value_once(backend: EnvelopeS3Backend) -> None:
+    key = backend.get_key_for_chord("contended")
+
+    def bump(_: int) -> int:
+        return backend.incr(key)
+
+    with ThreadPoolExecutor(8) as pool:
+        values = list(pool.map(bump, range(48)))
+    assert sorted(values) == list(range(1, 49))
+
+
+def test_incr_retries_after_losing_a_race(
+    backend: EnvelopeS3Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = backend.get_key_for_chord("raced")
+    backend.incr(key)
+    store = backend.store
+    real_put = store.put
+    interfered: list[bool] = []
+
+    def put_after_a_rival(object_key: str, body: bytes, **kwargs: Any) -> str:
+        if not interfered:  # another worker's increment lands between our read and our write
+            interfered.append(True)
+            rival = EnvelopeS3Backend(app=backend.app)
+            assert rival.incr(key) == 2
+        return real_put(object_key, body, **kwargs)
+
+    monkeypatch.setattr(store, "put", put_after_a_rival)
+    with count_requests(store.client) as requests:
+        assert backend.incr(key) == 3
+    assert requests.methods == ["GET", "PUT", "GET", "PUT"]  # refused If-Match, then again
+
+
+def test_incr_propagates_other_errors(backend: EnvelopeS3Backend) -> None:
+    backend.store.bucket = missing_bucket_name()
+    with pytest.raises(ClientError, match="NoSuchBucket"):
+        backend.incr(backend.get_key_for_chord("g"))
+
+
+def test_expire_is_left_to_cleanup(backend: EnvelopeS3Backend) -> None:
+    key = backend.get_key_for_chord("g")
+    backend.incr(key)
+    with count_requests(backend.store.client) as requests:
+        backend.expire(key, 10)
+    assert len(requests) == 0
+    assert backend.get(key) == "1"

@@ -1,0 +1,248 @@
+"""End to end: a real ``celery worker`` (prefork, 2 processes) storing results in the bucket.
+
+The broker is kombu's filesystem transport in ``tmp_path`` (nothing to install or start; see
+``e2e_broker`` for the one fix it needs); results go through ``EnvelopeS3Backend`` to the session's
+S3 endpoint. The test sends 200 tasks (successes, failures with tracebacks, a group, a chord of
+50), reads every result back, then proves from the bucket alone that nothing in it is plaintext,
+and from the logs that nothing leaked there.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery, chord, group, states
+from celery.result import AsyncResult, ResultSet
+
+from backend_helpers import S3Endpoint
+from celery_s3_envelope import Keyring, unseal
+from e2e_app import CALLBACK_LOG_SETTING, CONFIG_VARIABLE, E2EFailure, make_app, secret
+
+TESTS = Path(__file__).parent
+READY_TIMEOUT = 60.0
+RESULT_TIMEOUT = 120.0
+STOP_TIMEOUT = 15.0
+
+# Celery itself logs task return values and exceptions (``celery.app.trace``, INFO and ERROR) and
+# task arguments (``celery.pool``, DEBUG; a chord callback's arguments are its header's results),
+# whatever the backend. docs/backend.md tells users with regulated results how to quiet them.
+# Every other record, the backend's, botocore's and kombu's included, must be free of plaintext.
+CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.pool")
+RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\S+) ")
+
+
+def _config(endpoint: S3Endpoint, bucket: str, keyring_path: Path, tmp: Path) -> dict[str, Any]:
+    queue, processed, control = tmp / "queue", tmp / "processed", tmp / "control"
+    for folder in (queue, processed, control):
+        folder.mkdir()
+    log_format = "%(asctime)s %(name)s %(levelname)s %(processName)s: %(message)s"
+    return {
+        "broker_url": "filesystem://",
+        "broker_transport": "e2e_broker:Transport",  # kombu's, with an atomic publish
+        "broker_transport_options": {
+            "data_folder_in": str(queue),
+            "data_folder_out": str(queue),
+            "processed_folder": str(processed),
+            "control_folder": str(control),
+            "store_processed": False,
+            "polling_interval": 0.05,
+        },
+        "result_backend": "s3envelope",
+        "result_extended": True,
+        "envelope_keyring": str(keyring_path),
+        **endpoint.settings(bucket),
+        "s3_base_path": "e2e/results/",
+        "worker_log_format": log_format,
+        "worker_task_log_format": log_format,
+        "worker_prefetch_multiplier": 4,
+        CALLBACK_LOG_SETTING: str(tmp / "callback-runs.log"),
+    }
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown, then SIGKILL to the worker's whole process group: nothing is left over."""
+    if process.poll() is None:
+        process.terminate()  # the main process only: it stops its pool itself
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_TIMEOUT)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # the pool's children, should any remain
+    process.wait(timeout=STOP_TIMEOUT)
+
+
+@dataclass
+class Worker:
+    app: Celery
+    log_file: Path
+    process: subprocess.Popen[bytes]
+
+    def check(self, *_: object) -> None:
+        """Fail at once, rather than at a timeout, when the worker has died."""
+        if self.process.poll() is not None:
+            tail = self.log_file.read_text(errors="replace")[-3000:]
+            pytest.fail(f"the worker exited ({self.process.returncode}):\n{tail}")
+
+
+@pytest.fixture
+def worker(
+    s3_endpoint: S3Endpoint, bucket: str, keyring_file: Path, tmp_path: Path
+) -> Iterator[Worker]:
+    """A running worker, and the app to talk to it."""
+    config = _config(s3_endpoint, bucket, keyring_file, tmp_path)
+    log_file = tmp_path / "worker.log"
+    env = {
+        **os.environ,
+        CONFIG_VARIABLE: json.dumps(config),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+    }
+    command = [
+        sys.executable, "-m", "celery", "-A", "e2e_app", "worker",
+        "--pool=prefork", "--concurrency=2", "--loglevel=DEBUG", f"--logfile={log_file}",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname=e2e@localhost",
+    ]  # fmt: skip
+    with open(tmp_path / "worker.out", "wb") as output:
+        process = subprocess.Popen(
+            command, cwd=TESTS, env=env, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while "ready." not in (log_file.read_text() if log_file.exists() else ""):
+            if process.poll() is not None or time.monotonic() > deadline:
+                output_text = (tmp_path / "worker.out").read_text(errors="replace")
+                pytest.fail(f"worker did not start (exit {process.poll()}):\n{output_text[-3000:]}")
+            time.sleep(0.1)
+        yield Worker(make_app(config), log_file, process)
+    finally:
+        _stop(process)
+
+
+def _key_material(keyring: Keyring) -> list[str]:
+    found = []
+    for entry in keyring.to_dict()["keys"]:
+        raw = base64.b64decode(entry["key"])
+        found += [entry["key"], raw.hex(), repr(raw)[2:-1]]
+    return found
+
+
+def test_worker_round_trip_leaves_no_plaintext(
+    worker: Worker,
+    s3_endpoint: S3Endpoint,
+    bucket: str,
+    keyring: Keyring,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    app, log_file, alive = worker.app, worker.log_file, worker.check
+    token = uuid.uuid4().hex
+    echo, fail, collect = app.tasks["e2e.echo"], app.tasks["e2e.fail"], app.tasks["e2e.collect"]
+
+    singles = [(fail if n % 5 == 0 else echo).delay(n, token) for n in range(100)]
+    grouped = group(
+        (fail if n % 10 == 0 else echo).s(n, token) for n in range(100, 150)
+    ).apply_async()
+    chorded = chord(echo.s(n, token) for n in range(150, 200))(collect.s(token))
+
+    # Every result comes back: values, failures with their tracebacks, extended metadata.
+    everything = ResultSet([*singles, *grouped.results], app=app)
+    everything.join_native(timeout=RESULT_TIMEOUT, propagate=False, on_interval=alive)
+    failures = 0
+    for result in [*singles, *grouped.results]:
+        number = result.args[0]
+        assert result.name in {"e2e.echo", "e2e.fail"}
+        assert result.args == [number, token]  # result_extended
+        if result.name == "e2e.fail":
+            failures += 1
+            assert result.state == states.FAILURE
+            assert isinstance(result.result, E2EFailure)
+            assert str(result.result) == secret("failure", token, number)
+            assert "Traceback" in result.traceback and "E2EFailure" in result.traceback
+        else:
+            assert result.state == states.SUCCESS
+            assert result.result == {"number": number, "secret": secret("result", token, number)}
+    assert failures == 20 + 5
+
+    chord_value = chorded.get(timeout=RESULT_TIMEOUT, on_interval=alive)
+    assert chord_value == {
+        "count": 50,
+        "total": sum(range(150, 200)),
+        "secret": secret("chord", token, 50),
+    }
+    header = [AsyncResult(r.id, app=app) for r in chorded.parent.results]
+    assert [r.get(timeout=RESULT_TIMEOUT)["number"] for r in header] == list(range(150, 200))
+
+    # Anything a duplicate callback would publish is queued before this, so it has run by now.
+    assert (
+        app.tasks["e2e.sentinel"].delay().get(timeout=RESULT_TIMEOUT, on_interval=alive) == "done"
+    )
+    assert Path(app.conf[CALLBACK_LOG_SETTING]).read_text().count("\n") == 1
+
+    # The bucket alone: every object opens with the keyring, none holds any plaintext.
+    plaintexts = [token] + [
+        secret(kind, token, n)
+        for n in range(200)
+        for kind in ("result", "failure")
+    ] + [secret("chord", token, 50), "E2EFailure", "Traceback", "e2e.echo"]  # fmt: skip
+    client = s3_endpoint.client()
+    keys = [
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for item in page.get("Contents", ())
+    ]
+    # 200 tasks, the callback and the sentinel; the chord deleted its counter and saved group.
+    assert len(keys) == 202
+    assert all(key.startswith("e2e/results/celery-task-meta-") for key in keys)
+    with ThreadPoolExecutor(8) as pool:
+        bodies = pool.map(lambda k: client.get_object(Bucket=bucket, Key=k)["Body"].read(), keys)
+        objects = dict(zip(keys, bodies, strict=True))
+    for key, body in objects.items():
+        leaks = [text for text in plaintexts if text.encode() in body]
+        assert not leaks, f"{key} holds plaintext {leaks[:3]}"
+        meta = json.loads(unseal(body, keyring=keyring, key=key))
+        assert meta["status"] in (states.SUCCESS, states.FAILURE)
+
+    # Logs at DEBUG (worker and this process): no key material anywhere; results only where
+    # Celery's tracer prints them, which shows the scan does see results when they are logged.
+    material = _key_material(keyring)
+    records = _records(log_file.read_text(errors="replace"))
+    records += _records((tmp_path / "worker.out").read_text(errors="replace"))
+    records += [(r.name, r.getMessage()) for r in caplog.records]
+    results = [text for text in plaintexts if text.startswith(("result-", "failure-"))]
+    seen_by_tracer = 0
+    for name, text in records:
+        assert not any(m in text for m in material), f"key material in a log record of {name}"
+        if ("result-" in text or "failure-" in text) and any(r in text for r in results):
+            assert name in CELERY_TASK_LOGGERS, f"a result in a log record of {name}"
+            seen_by_tracer += 1
+    assert seen_by_tracer > 0
+    assert not any("Chord counter incremented too many times" in text for _, text in records)
+    assert not any("celery.chord_unlock[" in text for _, text in records)  # no polling task ran
+
+
+def _records(log: str) -> list[tuple[str, str]]:
+    """(logger name, text) per record; a record's traceback lines belong to it."""
+    records: list[tuple[str, str]] = []
+    for line in log.splitlines():
+        start = RECORD_START.match(line)
+        if start or not records:
+            records.append((start.group(1) if start else "", line))
+        else:
+            records[-1] = (records[-1][0], records[-1][1] + "\n" + line)
+    return records
