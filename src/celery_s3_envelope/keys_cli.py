@@ -1,0 +1,238 @@
+"""``keys``: create and edit keyring files without ever showing key material.
+
+Every edit loads the keyring, makes the change on the immutable ``Keyring``, copies the previous
+file to ``PATH.bak`` and then replaces ``PATH`` atomically (temp file, fsync, rename; mode 0600),
+so a crash leaves either the old or the new keyring, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .errors import KeyringError
+from .keyring import KEY_SIZE, Keyring, KeyState, LocalKey
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_NUMBERED = re.compile(r"k(\d+)")
+
+
+def next_key_id(keyring: Keyring) -> str:
+    """``k<N+1>`` for the highest ``kN`` in the keyring (``k1`` when none is numbered)."""
+    numbers = [int(m.group(1)) for e in keyring if (m := _NUMBERED.fullmatch(e.id))]
+    n = max(numbers, default=0) + 1
+    while f"k{n}" in keyring:
+        n += 1
+    return f"k{n}"
+
+
+def _load(path: Path) -> Keyring:
+    """Load for editing; the keyring's own warnings (file mode) become one-line notes."""
+    from .cli_sources import load_keyring_file
+
+    try:
+        return load_keyring_file(path)
+    except KeyringError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _backup(path: Path) -> Path:
+    """Copy ``path`` to ``path.bak`` atomically, mode 0600 (it holds key material too)."""
+    backup = path.with_name(path.name + ".bak")
+    data = path.read_bytes()
+    fd, tmp = tempfile.mkstemp(prefix=f".{backup.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, backup)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return backup
+
+
+def _save(path: Path, keyring: Keyring) -> None:
+    """Back up the current file, then replace it; nothing is touched if the backup fails."""
+    try:
+        backup = _backup(path)
+        keyring.to_file(path)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write keyring {str(path)!r}: {exc.strerror or exc}"
+        ) from None
+    click.echo(f"previous keyring kept as {backup}", err=True)
+
+
+keyring_path = click.argument(
+    "path", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="PATH"
+)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+def keys() -> None:
+    """Create and edit keyring files (never prints key material).
+
+    Rotation: `keys add PATH` (new key, opens only), deploy PATH everywhere, `keys activate PATH
+    ID` (new results use it), re-wrap old results, then `keys retire PATH OLD`. Every edit is
+    atomic and keeps the previous file as PATH.bak.
+
+    \b
+    Examples:
+      celery-s3-envelope keys generate --out keys.json
+      celery-s3-envelope keys add keys.json --activate
+      celery-s3-envelope keys list keys.json
+    """
+
+
+@keys.command(context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--out",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="Keyring file to create (refused if it exists).",
+)
+@click.option("--id", "kek_id", default="k1", show_default=True, help="Id of the first key.")
+def generate(path: Path, kek_id: str) -> None:
+    """Create a keyring holding one new random active key (file mode 0600).
+
+    An existing file is never overwritten: it may hold the only key to existing results.
+
+    \b
+    Example:
+      celery-s3-envelope keys generate --out /etc/myapp/result-keys.json
+    """
+    if path.exists() or path.is_symlink():
+        raise click.ClickException(
+            f"{path} exists: refusing to overwrite a keyring (its keys may be the only way "
+            "to read existing results); use `keys add` to add a key to it"
+        )
+    try:
+        keyring = Keyring.generate(kek_id)
+        keyring.to_file(path)
+    except KeyringError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write keyring {str(path)!r}: {exc.strerror or exc}"
+        ) from None
+    click.echo(f"created {path} with active key {kek_id}")
+
+
+@keys.command(context_settings=CONTEXT_SETTINGS)
+@keyring_path
+@click.option("--id", "kek_id", help="Id of the new key (default: the next free kN).")
+@click.option("--activate", is_flag=True, help="Make it the active key (the old one opens only).")
+def add(path: Path, kek_id: str | None, activate: bool) -> None:
+    """Add a new random key to the keyring at PATH.
+
+    Without --activate the new key only opens results ('decrypt'): deploy the keyring to every
+    worker and reader first, then `keys activate`, so no reader meets a key it lacks. With
+    --activate new results are sealed with it at once; the old active key stays for reading.
+
+    \b
+    Examples:
+      celery-s3-envelope keys add keys.json
+      celery-s3-envelope keys add keys.json --id 2025-q3 --activate
+    """
+    keyring = _load(path)
+    kek_id = kek_id or next_key_id(keyring)
+    if kek_id in keyring:
+        raise click.ClickException(f"key {kek_id!r} is already in {path}")
+    try:
+        entry = LocalKey(kek_id, os.urandom(KEY_SIZE), KeyState.DECRYPT)
+        edited = keyring.with_entry(entry, activate=activate)
+    except KeyringError as exc:
+        raise click.ClickException(str(exc)) from None
+    _save(path, edited)
+    click.echo(f"added key {kek_id} ({edited.get(kek_id).state}) to {path}")
+
+
+@keys.command(context_settings=CONTEXT_SETTINGS)
+@keyring_path
+@click.argument("kek_id", metavar="ID")
+def activate(path: Path, kek_id: str) -> None:
+    """Make key ID the active key: new results are sealed with it.
+
+    The previously active key moves to 'decrypt' and keeps opening older results.
+
+    \b
+    Example:
+      celery-s3-envelope keys activate keys.json k2
+    """
+    keyring = _load(path)
+    _require(keyring, kek_id, path)
+    if keyring.active.id == kek_id:
+        click.echo(f"key {kek_id} is already active in {path}; nothing changed")
+        return
+    previous = keyring.active.id
+    _save(path, keyring.with_state(kek_id, KeyState.ACTIVE))
+    click.echo(f"activated key {kek_id} in {path} (key {previous} now decrypts only)")
+
+
+@keys.command(context_settings=CONTEXT_SETTINGS)
+@keyring_path
+@click.argument("kek_id", metavar="ID")
+def retire(path: Path, kek_id: str) -> None:
+    """Retire key ID: results still under it are no longer opened.
+
+    Re-wrap those results to the active key first. The key stays in the file (state
+    'retired'), so the step can be undone by editing the file; deleting it from the file
+    makes every result still under it unreadable. The active key cannot be retired.
+
+    \b
+    Example:
+      celery-s3-envelope keys retire keys.json k1
+    """
+    keyring = _load(path)
+    _require(keyring, kek_id, path)
+    if keyring.active.id == kek_id:
+        raise click.ClickException(
+            f"key {kek_id} is the active key: activate another key first (`keys add --activate`)"
+        )
+    if keyring.get(kek_id).state is KeyState.RETIRED:
+        click.echo(f"key {kek_id} is already retired in {path}; nothing changed")
+        return
+    _save(path, keyring.with_state(kek_id, KeyState.RETIRED))
+    click.echo(f"retired key {kek_id} in {path}")
+
+
+@keys.command(name="list", context_settings=CONTEXT_SETTINGS)
+@keyring_path
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of {id, state, created}.")
+def list_(path: Path, as_json: bool) -> None:
+    """List the keys at PATH: id, state and creation time (never key material).
+
+    \b
+    Examples:
+      celery-s3-envelope keys list keys.json
+      celery-s3-envelope keys list --json keys.json | jq -r '.[] | select(.state == "active").id'
+    """
+    keyring = _load(path)
+    described = [entry.describe() for entry in keyring]
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return
+    rows = [("ID", "STATE", "CREATED"), *((d["id"], d["state"], d["created"]) for d in described)]
+    width_id = max(len(row[0]) for row in rows)
+    width_state = max(len(row[1]) for row in rows)
+    for row in rows:
+        click.echo(f"{row[0].ljust(width_id)}  {row[1].ljust(width_state)}  {row[2]}".rstrip())
+
+
+def _require(keyring: Keyring, kek_id: str, path: Path) -> None:
+    if kek_id not in keyring:
+        known = ", ".join(entry.id for entry in keyring)
+        raise click.ClickException(f"no key {kek_id!r} in {path} (it holds: {known})")

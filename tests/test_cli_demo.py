@@ -1,0 +1,63 @@
+"""``celery-s3-envelope demo --short`` (what ``make demo`` runs, with fewer tasks), for real: the
+console script in its own process, a worker subprocess, and nothing left running afterwards."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from celery_s3_envelope.cli import envelope
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Processes (not zombies) still in process group ``pgid`` (read from /proc here, not with
+    the demo's own helper)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            _, _, rest = stat.read_text().rpartition(")")
+        except OSError:
+            continue
+        state, _ppid, pgrp = rest.split()[:3]
+        if int(pgrp) == pgid and state not in "ZX":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_demo_short_runs_the_story_and_cleans_up() -> None:
+    script = Path(sys.executable).with_name("celery-s3-envelope")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "celery_s3_envelope.cli"]
+    done = subprocess.run(
+        [*command, "demo", "--short"], capture_output=True, timeout=120, check=False
+    )
+    out = click.unstyle(done.stdout.decode())
+    assert done.returncode == 0, out + done.stderr.decode()
+    for step in range(1, 8):
+        assert f"[{step}/7]" in out
+    assert re.search(r"demo\.add\(2, 3\)\s+-> SUCCESS\s+5\n", out)
+    assert re.search(r"demo\.divide\(1, 0\)\s+-> FAILURE\s+ZeroDivisionError", out)
+    table = out.split("envelope inspect\n", 1)[1].splitlines()
+    assert table[0].split()[:2] == ["KEK", "KIND"] and len(table) >= 4
+    assert all(row.split()[0] == "k1" for row in table[1:4])
+    assert "plaintext scan: none of the 3 objects" in out
+    assert '"name": "Zoë Ångström"' in out  # the offline decode printed the value
+    assert "same value as the backend's get() for that key: yes" in out
+
+    worker = re.search(r"worker stopped \(pid (\d+), exit status 0\), no process left", out)
+    assert worker is not None
+    assert live_group_members(int(worker.group(1))) == []
+    folder = re.search(r"temporary folder (\S+) removed", out)
+    assert folder is not None and not Path(folder.group(1)).exists()
+
+
+def test_demo_without_moto_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "moto.server", None)
+    result = CliRunner().invoke(envelope, ["demo", "--short"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1].startswith("Error: demo: the demo needs moto's server")
