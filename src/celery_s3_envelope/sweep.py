@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Generic, Protocol, TypeVar
-
-from botocore.exceptions import ClientError
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .errors import EnvelopeError
-from .store import ObjectInfo, S3Store
+
+if TYPE_CHECKING:  # botocore only where S3 is used: the CLI imports this module for decode too
+    from .store import ObjectInfo, S3Store
 
 DEFAULT_WORKERS = 16
 
@@ -96,6 +96,8 @@ class SweepReport:
 
 def describe_error(exc: BaseException) -> str:
     """A one-line reason for a report: the S3 error code, or the envelope error and message."""
+    from botocore.exceptions import ClientError
+
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", "Unknown"))
     if isinstance(exc, EnvelopeError):
