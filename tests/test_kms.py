@@ -255,3 +255,39 @@ def test_kms_entries_show_no_secrets() -> None:
     assert "arn:aws:kms" in json.dumps(entry.describe())
     provider = KmsProvider(access_key_id="AKIAEXAMPLE", secret_access_key="very-secret-value")
     assert "very-secret" not in repr(provider) and "AKIA" not in repr(provider)
+
+
+# -- through the backend ----------------------------------------------------------------------
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize(("cache", "expected"), [({}, 1), ({"envelope_kms_cache_uses": 0}, 1000)])
+def test_backend_round_trip_of_1000_results_counts_generate_data_key(
+    make_app: Any, kms_endpoint: str, kms_client: Any, cache: dict[str, int], expected: int
+) -> None:
+    arn = kms_client.create_key()["KeyMetadata"]["Arn"]
+    keyring = {
+        "version": 1,
+        "keys": [
+            {"id": "kms-1", "kms_key_id": arn, "state": "active", "created": "2026-11-25T00:00:00Z"}
+        ],
+    }
+    app = make_app(
+        envelope_keyring=keyring,
+        envelope_kms_endpoint_url=kms_endpoint,
+        envelope_kms_region="us-east-1",
+        s3_base_path="kms/",
+        **cache,
+    )
+    backend = app.backend
+    calls: list[str] = []
+    backend.keyring.active.provider.client.meta.events.register(
+        "before-send.kms.*",
+        lambda request, **_: calls.append(request.headers["X-Amz-Target"].decode().split(".")[-1]),
+    )
+    for i in range(1000):
+        backend.set(f"celery-task-meta-{i}", f'{{"result": {i}}}')
+    assert calls.count("GenerateDataKey") == expected
+    assert backend.get("celery-task-meta-999") == '{"result": 999}'
+    scope = cse.inspect(backend.store.get("kms/celery-task-meta-0") or b"").wrap_body
+    assert backend.bucket_name.encode() + b"/kms/" in scope  # the context names bucket and prefix

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from botocore.exceptions import ClientError
@@ -35,7 +35,11 @@ from .pipeline import (
     DEFAULT_MAX_SIZE,
     Pipeline,
 )
+from .redact import install as install_redaction
 from .store import S3Store, is_missing_key, is_transient, is_write_conflict
+
+if TYPE_CHECKING:
+    from .kms import KmsProvider
 
 __all__ = ["SCHEME", "EnvelopeS3Backend", "backend_from_app"]
 
@@ -72,6 +76,10 @@ _URL_QUERY = {
     "max_attempts": "s3_max_attempts",
     "connect_timeout": "s3_connect_timeout",
     "read_timeout": "s3_read_timeout",
+    "kms_endpoint_url": "envelope_kms_endpoint_url",
+    "kms_region": "envelope_kms_region",
+    "kms_cache_seconds": "envelope_kms_cache_seconds",
+    "kms_cache_uses": "envelope_kms_cache_uses",
 }
 SETTINGS = (
     # Celery's own S3Backend settings, same meaning:
@@ -94,6 +102,10 @@ SETTINGS = (
     "s3_max_attempts",
     "s3_connect_timeout",
     "s3_read_timeout",
+    "envelope_kms_endpoint_url",
+    "envelope_kms_region",
+    "envelope_kms_cache_seconds",
+    "envelope_kms_cache_uses",
 )
 """Every setting the backend reads from ``app.conf`` (and accepts in ``options``)."""
 
@@ -155,7 +167,9 @@ def _int(
     return number
 
 
-def _float(settings: Mapping[str, Any], name: str, default: float) -> float:
+def _float(
+    settings: Mapping[str, Any], name: str, default: float, *, zero_ok: bool = False
+) -> float:
     value = settings.get(name)
     if value is None:
         return default
@@ -163,8 +177,10 @@ def _float(settings: Mapping[str, Any], name: str, default: float) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise ImproperlyConfigured(f"{name} must be a number, not {value!r}") from None
-    if number <= 0:
-        raise ImproperlyConfigured(f"{name} must be positive, not {number}")
+    if number < 0 or (number == 0 and not zero_ok):
+        raise ImproperlyConfigured(
+            f"{name} must be {'>= 0' if zero_ok else 'positive'}, not {number}"
+        )
     return number
 
 
@@ -256,6 +272,25 @@ def store_from_settings(settings: Mapping[str, Any]) -> S3Store:
     )
 
 
+def kms_provider_from_settings(settings: Mapping[str, Any], scope: str) -> KmsProvider:
+    """The KMS client and caches for the keyring's KMS entries: the S3 credentials and region
+    unless the ``envelope_kms_*`` settings say otherwise; the scope names bucket and prefix."""
+    from .kms import DEFAULT_CACHE_SECONDS, DEFAULT_CACHE_USES, KmsProvider
+
+    return KmsProvider(
+        endpoint_url=_optional_str(settings, "envelope_kms_endpoint_url"),
+        region=_optional_str(settings, "envelope_kms_region")
+        or _optional_str(settings, "s3_region"),
+        access_key_id=_optional_str(settings, "s3_access_key_id"),
+        secret_access_key=_optional_str(settings, "s3_secret_access_key"),
+        scope=scope,
+        cache_seconds=_float(
+            settings, "envelope_kms_cache_seconds", DEFAULT_CACHE_SECONDS, zero_ok=True
+        ),
+        cache_uses=_int(settings, "envelope_kms_cache_uses", DEFAULT_CACHE_USES, 0),
+    )
+
+
 def _cutoff(now: datetime, expires: float | None) -> datetime | None:
     """Objects last modified at or before this moment have expired (``None``: never)."""
     return now - timedelta(seconds=expires) if expires else None
@@ -314,6 +349,9 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         self.aws_region = _optional_str(settings, "s3_region")
         self.allow_plaintext = _bool(settings, "envelope_allow_plaintext")
         self.keyring = load_keyring(settings["envelope_keyring"])
+        if self.keyring.uses_kms:
+            scope = f"{self.bucket_name}/{self.base_path}"
+            self.keyring = self.keyring.with_kms(kms_provider_from_settings(settings, scope))
         self.pipeline = pipeline_from_settings(settings)
         self.store = store_from_settings(settings)
         if not self.store.has_credentials():
@@ -326,6 +364,7 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         # Tags cost an s3:PutObjectTagging permission and reveal failed-or-not: only on demand.
         self.tag_expiry_class = failure_expires is not None
         self._storing = threading.local()
+        install_redaction(self.app)  # envelope_redact: values out of the worker's logs/events
 
     # -- identity ----------------------------------------------------------------------------
     def as_uri(self, include_password: bool = False) -> str:

@@ -342,6 +342,11 @@ class Keyring:
             entries = [_demoted(e) for e in entries]
         return Keyring(target.with_state(state) if e.id == kek_id else e for e in entries)
 
+    @property
+    def uses_kms(self) -> bool:
+        """True when any entry is an AWS KMS key (the backend then configures their client)."""
+        return any(entry.method is WrapMethod.KMS for entry in self._entries.values())
+
     def with_kms(self, provider: KmsProvider) -> Keyring:
         """A keyring whose KMS entries call KMS through ``provider`` (endpoint, caches, scope)."""
         from .kms import KmsKey
