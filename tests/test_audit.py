@@ -118,7 +118,7 @@ def test_scan_counts_each_kind_then_migrate_leaves_no_plaintext(
     stock_ids: list[str] = mixed_bucket["stock_ids"]
     raced_ids = set(stock_ids[:10])
     ours = make_app(s3_base_path=BASE, envelope_keyring=both).backend
-    original_get = store.get_with_etag
+    original_get = store.fetch
 
     def get_then_worker_writes(key: str) -> Any:
         got = original_get(key)
@@ -131,9 +131,9 @@ def test_scan_counts_each_kind_then_migrate_leaves_no_plaintext(
             thread.join()
         return got
 
-    store.get_with_etag = get_then_worker_writes  # type: ignore[method-assign]
+    store.fetch = get_then_worker_writes  # type: ignore[method-assign]
     report = Migration(store, both, prefix=BASE, workers=8).run()
-    store.get_with_etag = original_get  # type: ignore[method-assign]
+    store.fetch = original_get  # type: ignore[method-assign]
 
     assert report.ok, report.failures
     assert report.counts[Outcome.SEALED] == 290 and report.counts[Outcome.CHANGED] == 10

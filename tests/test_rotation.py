@@ -74,7 +74,7 @@ def test_rotation_moves_every_object_and_never_clobbers_a_racing_writer(
 
     thread = threading.Thread(target=writer)
     thread.start()
-    original_get = store.get_with_etag
+    original_get = store.fetch
     lock = threading.Lock()
 
     def get_then_race(key: str) -> Any:
@@ -87,9 +87,9 @@ def test_rotation_moves_every_object_and_never_clobbers_a_racing_writer(
                 assert written.wait(timeout=30)
         return got
 
-    store.get_with_etag = get_then_race  # type: ignore[method-assign]
+    store.fetch = get_then_race  # type: ignore[method-assign]
     report = Rotation(store, both, prefix=PREFIX, workers=16).run()
-    store.get_with_etag = original_get  # type: ignore[method-assign]
+    store.fetch = original_get  # type: ignore[method-assign]
     thread.join(timeout=30)
 
     assert len(writes) == 100
@@ -218,3 +218,20 @@ def test_rewrap_keeps_the_payload_and_reencrypt_replaces_the_data_key(
         assert same_payload == (i < 2)  # rewrap: ciphertext kept; re-encrypt: fresh DEK
         assert (new.salt == old.salt) == (i < 2)
         assert cse.unseal(after, keyring=k2_only, key=key) == value(i)
+
+
+def test_rotation_keeps_object_tags(
+    store: S3Store, keyrings: tuple[cse.Keyring, cse.Keyring, cse.Keyring]
+) -> None:
+    """PutObject replaces the tag set; the expiry-class tag decides which lifecycle rule applies."""
+    k1_only, both, _ = keyrings
+    tagged, plain = f"{PREFIX}celery-task-meta-tagged", f"{PREFIX}celery-task-meta-plain"
+    store.put(
+        tagged, cse.seal("x", key=tagged, keyring=k1_only), tags={"celery-expiry-class": "failure"}
+    )
+    store.put(plain, cse.seal("y", key=plain, keyring=k1_only))
+    report = Rotation(store, both, prefix=PREFIX).run()
+    assert report.counts[Outcome.REWRAPPED] == 2
+    assert store.get_tags(tagged) == {"celery-expiry-class": "failure"}
+    assert store.get_tags(plain) == {}
+    assert kek_of(store, tagged) == "k2"

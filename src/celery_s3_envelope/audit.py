@@ -31,6 +31,7 @@ from .envelope import PREAMBLE_SIZE, EnvelopeHeader, header_length, is_envelope,
 from .errors import EnvelopeError
 from .keyring import Keyring
 from .pipeline import Pipeline
+from .rotation import rewrite
 from .store import ObjectInfo, S3Store, is_missing_key, is_write_conflict
 from .sweep import DEFAULT_WORKERS, ObjectResult, Outcome, Sweep, SweepReport, describe_error
 
@@ -277,12 +278,12 @@ def migrate_object(
     """
     key = info.key
     try:
-        got = store.get_with_etag(key)
+        got = store.fetch(key)
     except ClientError as exc:
         return ObjectResult(key, Outcome.FAILED, reason=f"read failed: {describe_error(exc)}")
     if got is None:
         return ObjectResult(key, Outcome.CHANGED, reason="deleted meanwhile")
-    data, etag = got
+    data = got.body
     state, header, reason = classify(key, data)
     if state is State.SEALED:
         return ObjectResult(key, Outcome.CURRENT, header.kek_id if header else None)
@@ -300,7 +301,7 @@ def migrate_object(
     if dry_run:
         return ObjectResult(key, Outcome.SEALED, keyring.active.id)
     try:
-        store.put(key, sealed, if_match=etag)
+        rewrite(store, key, sealed, got)
     except ClientError as exc:
         if is_write_conflict(exc) or is_missing_key(exc):
             return ObjectResult(key, Outcome.CHANGED, reason="rewritten meanwhile")

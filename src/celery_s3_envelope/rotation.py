@@ -22,7 +22,7 @@ from .envelope import is_envelope, unpack
 from .errors import EnvelopeError
 from .keyring import Keyring
 from .pipeline import Pipeline, rewrap
-from .store import ObjectInfo, S3Store, is_missing_key, is_write_conflict
+from .store import Fetched, ObjectInfo, S3Store, is_missing_key, is_write_conflict
 from .sweep import ObjectResult, Outcome, Sweep, SweepReport, describe_error
 
 OUTCOMES = (Outcome.REWRAPPED, Outcome.CURRENT, Outcome.CHANGED, Outcome.PLAINTEXT, Outcome.FAILED)
@@ -42,12 +42,12 @@ def rotate_object(
     envelope errors (they become the result), so one bad object does not stop a run."""
     key = info.key
     try:
-        got = store.get_with_etag(key)
+        got = store.fetch(key)
     except ClientError as exc:
         return ObjectResult(key, Outcome.FAILED, reason=f"read failed: {describe_error(exc)}")
     if got is None:
         return ObjectResult(key, Outcome.CHANGED, reason="deleted meanwhile")
-    data, etag = got
+    data = got.body
     if not is_envelope(data):
         return ObjectResult(key, Outcome.PLAINTEXT)
     try:
@@ -64,7 +64,7 @@ def rotate_object(
     if dry_run:
         return ObjectResult(key, Outcome.REWRAPPED, kek_id)
     try:
-        store.put(key, new, if_match=etag)
+        rewrite(store, key, new, got)
     except ClientError as exc:
         if is_write_conflict(exc) or is_missing_key(exc):
             return ObjectResult(key, Outcome.CHANGED, kek_id, reason="rewritten meanwhile")
@@ -73,6 +73,13 @@ def rotate_object(
     if verify:
         return _verified(store, keyring, key, kek_id, pipeline or Pipeline())
     return ObjectResult(key, Outcome.REWRAPPED, kek_id)
+
+
+def rewrite(store: S3Store, key: str, body: bytes, read: Fetched) -> None:
+    """Write ``body`` over the exact version ``read`` (If-Match), keeping its tags: PutObject
+    replaces the tag set, and the expiry-class tag decides which lifecycle rule applies."""
+    tags = store.get_tags(key) if read.tag_count else None
+    store.put(key, body, if_match=read.etag, tags=tags)
 
 
 def _verified(

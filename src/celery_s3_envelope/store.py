@@ -93,6 +93,15 @@ class ObjectInfo:
     last_modified: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One object read in full: what a conditional rewrite needs (ETag) and must keep (tags)."""
+
+    body: bytes
+    etag: str
+    tag_count: int
+
+
 _stores: weakref.WeakSet[S3Store] = weakref.WeakSet()
 
 
@@ -189,6 +198,11 @@ class S3Store:
 
     def get_with_etag(self, key: str) -> tuple[bytes, str] | None:
         """Body and ETag from one GetObject (for a later ``put(if_match=etag)``)."""
+        fetched = self.fetch(key)
+        return None if fetched is None else (fetched.body, fetched.etag)
+
+    def fetch(self, key: str) -> Fetched | None:
+        """Body, ETag and tag count from one GetObject; ``None`` when the key does not exist."""
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
@@ -197,9 +211,14 @@ class S3Store:
             raise
         body = response["Body"]
         try:
-            return body.read(), response["ETag"]
+            return Fetched(body.read(), response["ETag"], int(response.get("TagCount") or 0))
         finally:
             body.close()
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        """The object's tag set (one GetObjectTagging)."""
+        response = self.client.get_object_tagging(Bucket=self.bucket, Key=key)
+        return {tag["Key"]: tag["Value"] for tag in response.get("TagSet", ())}
 
     def get_range(self, key: str, start: int, end: int) -> bytes | None:
         """Bytes ``start`` to ``end`` inclusive (HTTP Range semantics) of the object."""
