@@ -29,6 +29,7 @@ from kombu.exceptions import KombuError
 from .envelope import is_envelope
 from .errors import EnvelopeError, KeyringError, NotAnEnvelope
 from .keyring import DEFAULT_ENV_VAR, Keyring
+from .lifecycle import EXPIRY_TAG  # written when result_failure_expires is set
 from .pipeline import (
     DEFAULT_COMPRESSION_LEVEL,
     DEFAULT_COMPRESSION_MIN_SIZE,
@@ -53,8 +54,7 @@ COMPRESSED_PAYLOAD_MAGIC: bytes = getattr(
 )
 """Celery 5.7's in-band marker of a ``result_compression`` payload: already compressed."""
 
-EXPIRY_TAG = "celery-expiry-class"
-"""Object tag written when ``result_failure_expires`` is set: ``failure`` or ``default``."""
+EXPIRY_MODES = ("cleanup", "lifecycle")
 
 INCR_MAX_ATTEMPTS = 64
 INCR_BACKOFF_START = 0.01
@@ -76,6 +76,7 @@ _URL_QUERY = {
     "max_attempts": "s3_max_attempts",
     "connect_timeout": "s3_connect_timeout",
     "read_timeout": "s3_read_timeout",
+    "expiry": "envelope_expiry",
     "kms_endpoint_url": "envelope_kms_endpoint_url",
     "kms_region": "envelope_kms_region",
     "kms_cache_seconds": "envelope_kms_cache_seconds",
@@ -102,6 +103,7 @@ SETTINGS = (
     "s3_max_attempts",
     "s3_connect_timeout",
     "s3_read_timeout",
+    "envelope_expiry",
     "envelope_kms_endpoint_url",
     "envelope_kms_region",
     "envelope_kms_cache_seconds",
@@ -363,6 +365,12 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         )
         # Tags cost an s3:PutObjectTagging permission and reveal failed-or-not: only on demand.
         self.tag_expiry_class = failure_expires is not None
+        expiry = str(settings.get("envelope_expiry") or "cleanup")
+        if expiry not in EXPIRY_MODES:
+            raise ImproperlyConfigured(f"envelope_expiry must be one of {', '.join(EXPIRY_MODES)}")
+        # "lifecycle": a bucket rule expires results (`lifecycle apply`); Celery's beat then does
+        # not schedule its daily celery.backend_cleanup task for this backend.
+        self.supports_autoexpire = expiry == "lifecycle"
         self._storing = threading.local()
         install_redaction(self.app)  # envelope_redact: values out of the worker's logs/events
 

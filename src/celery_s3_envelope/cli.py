@@ -42,7 +42,7 @@ from .errors import (
     SizeLimitExceeded,
 )
 from .keys_cli import keys
-from .ops_cli import migrate, rotate, scan
+from .ops_cli import lifecycle, migrate, rotate, scan
 from .pipeline import Pipeline
 from .pipeline import inspect as inspect_header
 
@@ -504,6 +504,7 @@ envelope.add_command(demo)
 envelope.add_command(rotate)
 envelope.add_command(migrate)
 envelope.add_command(scan)
+envelope.add_command(lifecycle)
 
 
 if __name__ == "__main__":  # python -m celery_s3_envelope.cli (what the demo runs)

@@ -339,3 +339,71 @@ def _print_scan(report: Any, checked: SweepReport | None, target: Prefix, as_jso
         )
         for failure in verified["failures"]:
             click.echo(f"Error: {failure['key']}: {failure['reason']}", err=True)
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+
+@click.group()
+def lifecycle() -> None:
+    """Expire results with an S3 lifecycle rule instead of Celery's daily cleanup task."""
+
+
+@lifecycle.command(
+    epilog="""\b
+Examples:
+  celery -A proj envelope lifecycle apply --dry-run     # days from result_expires
+  celery-s3-envelope lifecycle apply --bucket my-results --prefix celery/ --days 1
+Then set envelope_expiry = "lifecycle" so Celery stops scheduling celery.backend_cleanup."""
+)
+@click.option(
+    "--days",
+    type=click.IntRange(1),
+    help="Expire after N days (default: the app's result_expires, rounded up to whole days).",
+)
+@click.option(
+    "--failure-days",
+    type=click.IntRange(1),
+    help="Expire failed results after N days "
+    "(default: the app's result_failure_expires; needs the backend's expiry tags).",
+)
+@click.option("--dry-run", is_flag=True, help="Show the rules that would be written.")
+@JSON_OPTION
+@s3_options
+@click.pass_context
+def apply(
+    ctx: click.Context,
+    /,
+    days: int | None,
+    failure_days: int | None,
+    dry_run: bool,
+    as_json: bool,
+    **options: str | None,
+) -> None:
+    """Install (or update) the expiry rule for the prefix, keeping every other rule.
+
+    Idempotent: running it again with the same settings changes nothing."""
+    from . import lifecycle as rules
+
+    workspace, target = _target(ctx, options)
+    conf = workspace.app.conf if workspace.app is not None else None
+    if days is None and conf is not None and conf.result_expires:
+        days = rules.whole_days(conf.result_expires)
+    if failure_days is None and conf is not None and conf.get("result_failure_expires"):
+        failure_days = rules.whole_days(conf.result_failure_expires)
+    if days is None:
+        raise click.UsageError("how many days? pass --days (or set the app's result_expires)")
+    store = workspace.store(target.bucket)
+    plan = rules.plan(store.lifecycle_rules(), rules.our_rules(target.prefix, days, failure_days))
+    if plan.changes and not dry_run:
+        store.put_lifecycle_rules(plan.merged)
+    state = "unchanged" if not plan.changes else ("would change" if dry_run else "applied")
+    if as_json:
+        click.echo(
+            json.dumps({"target": target.name, "state": state, "rules": plan.merged}, indent=2)
+        )
+        return
+    click.echo(f"lifecycle {target.name}: {state}")
+    for rule in plan.merged:
+        marker = "*" if rules.is_ours(rule) else " "
+        click.echo(f" {marker} {json.dumps(rule, sort_keys=True)}")

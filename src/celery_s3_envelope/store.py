@@ -215,6 +215,26 @@ class S3Store:
         finally:
             body.close()
 
+    def lifecycle_rules(self) -> list[dict[str, Any]]:
+        """The bucket's lifecycle rules as S3 returns them (``[]`` when it has none)."""
+        try:
+            response = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if error_code(exc) == "NoSuchLifecycleConfiguration":
+                return []
+            raise
+        return list(response.get("Rules", []))  # type: ignore[arg-type]
+
+    def put_lifecycle_rules(self, rules: list[dict[str, Any]]) -> None:
+        """Replace the bucket's whole lifecycle configuration with ``rules``."""
+        if rules:
+            self.client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket,
+                LifecycleConfiguration={"Rules": rules},  # type: ignore[typeddict-item]
+            )
+        else:
+            self.client.delete_bucket_lifecycle(Bucket=self.bucket)
+
     def get_tags(self, key: str) -> dict[str, str]:
         """The object's tag set (one GetObjectTagging)."""
         response = self.client.get_object_tagging(Bucket=self.bucket, Key=key)
