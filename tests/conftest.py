@@ -150,3 +150,11 @@ def backend(make_app: Callable[..., Celery]) -> EnvelopeS3Backend:
     app_backend = make_app().backend
     assert isinstance(app_backend, EnvelopeS3Backend)
     return app_backend
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reaches S3 through ``s3_endpoint`` is marked ``s3``: `make test-rgw` runs
+    exactly those against a real server, and no S3-facing test can be forgotten there."""
+    for item in items:
+        if "s3_endpoint" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.s3)
