@@ -21,9 +21,10 @@ from celery.result import AsyncResult, ResultSet
 
 from backend_helpers import S3Endpoint
 from e2e_app import E2EFailure, secret
+from e2e_worker import Worker
 from redact_events import EventCollector, collecting_events
 from redact_worker import running_worker
-from test_e2e_worker import Worker, _records
+from test_e2e_worker import _records
 
 SUCCEEDED, FAILED = range(0, 3), range(3, 5)
 CHORD_OK, CHORD_FAILED = 5, 6  # a chord whose header fails: Celery logs "Chord %r raised: %r"

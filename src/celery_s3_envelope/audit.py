@@ -11,7 +11,9 @@ How an object is classified (``classify``):
   (``celery-task-meta-``, ``celery-taskset-meta-``, ``chord-unlock-``) or its first bytes are
   UTF-8 text or a pickle stream: what a Celery serializer writes. Counted as a finding;
 - *foreign*: anything else (binary data of unknown format, or an envelope of an unknown version
-  or with a malformed header): counted, never touched.
+  or with a malformed header): counted, never touched;
+- *unreadable*: S3 refused to serve it (an archived storage class, access denied): its state is
+  unknown, which an audit must report rather than skip.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class State(StrEnum):
     SEALED = "sealed"
     PLAINTEXT = "plaintext"
     FOREIGN = "foreign"
+    UNREADABLE = "unreadable"  # S3 would not serve it (archived, access denied...): unknown
 
 
 def looks_like_celery_plaintext(key: str, head: bytes) -> bool:
@@ -129,7 +132,9 @@ class ScanReport:
                 self.by_kek.setdefault(group, KekSummary()).add(entry, entry.header.payload_size)
             elif entry.state is State.PLAINTEXT and len(self.plaintext_keys) < self.max_listed:
                 self.plaintext_keys.append(entry.key)
-            elif entry.state is State.FOREIGN and len(self.foreign) < self.max_listed:
+            elif entry.state in (State.FOREIGN, State.UNREADABLE) and (
+                len(self.foreign) < self.max_listed
+            ):
                 self.foreign.append((entry.key, entry.reason))
 
     @property
@@ -183,7 +188,11 @@ def read_head(store: S3Store, info: ObjectInfo) -> bytes | None:
 
 
 def scan_object(store: S3Store, info: ObjectInfo) -> ScanEntry:
-    head = read_head(store, info)
+    try:
+        head = read_head(store, info)
+    except ClientError as exc:  # one object S3 will not serve must not end the audit
+        reason = describe_error(exc)
+        return ScanEntry(info.key, State.UNREADABLE, info.size, info.last_modified, reason=reason)
     if head is None:  # deleted since it was listed
         return ScanEntry(info.key, State.FOREIGN, 0, info.last_modified, reason="deleted meanwhile")
     state, header, reason = classify(info.key, head)
@@ -219,17 +228,19 @@ def verify_object(
         return ObjectResult(info.key, Outcome.FAILED, reason=f"read failed: {describe_error(exc)}")
     if data is None:
         return ObjectResult(info.key, Outcome.CHANGED, reason="deleted meanwhile")
-    state, header, reason = classify(info.key, data)
-    if state is State.PLAINTEXT:
-        return ObjectResult(info.key, Outcome.PLAINTEXT)
-    if state is State.FOREIGN:
-        return ObjectResult(info.key, Outcome.FOREIGN, reason=reason)
-    assert header is not None
+    if not is_envelope(data):  # an envelope that does not parse is a failure, not foreign
+        state, _, reason = classify(info.key, data)
+        outcome = Outcome.PLAINTEXT if state is State.PLAINTEXT else Outcome.FOREIGN
+        return ObjectResult(info.key, outcome, reason=reason)
+    kek_id: str | None = None
     try:
+        kek_id = unpack(data, header_only=True).header.kek_id
         pipeline.unseal(data, keyring=keyring, key=info.key)
     except EnvelopeError as exc:
-        return ObjectResult(info.key, Outcome.FAILED, header.kek_id, describe_error(exc))
-    return ObjectResult(info.key, Outcome.VERIFIED, header.kek_id)
+        return ObjectResult(info.key, Outcome.FAILED, kek_id, describe_error(exc))
+    except ClientError as exc:  # a KMS refusal
+        return ObjectResult(info.key, Outcome.FAILED, kek_id, describe_error(exc))
+    return ObjectResult(info.key, Outcome.VERIFIED, kek_id)
 
 
 def verify(

@@ -9,16 +9,18 @@ maps Celery's calls onto the pipeline and the store; it holds no crypto and call
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from celery import states  # type: ignore[import-untyped]
 from celery.app.backends import by_url  # type: ignore[import-untyped]
 from celery.backends import base as celery_base  # type: ignore[import-untyped]
@@ -57,6 +59,8 @@ COMPRESSED_PAYLOAD_MAGIC: bytes = getattr(
 EXPIRY_MODES = ("cleanup", "lifecycle")
 
 INCR_MAX_ATTEMPTS = 64
+INCR_MEMORY = 256
+"""Increments a chord counter remembers (by token), to recognise its own lost writes."""
 INCR_BACKOFF_START = 0.01
 INCR_BACKOFF_MAX = 0.5
 CLEANUP_READ_BATCH = 256
@@ -501,40 +505,63 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
 
     # -- chords: a counter by conditional writes ---------------------------------------------
     def incr(self, key: str | bytes) -> int:
-        """Add one to the sealed counter at ``key`` and return the new value.
+        """Add one to the sealed counter at ``key`` and return the new value, exactly once.
 
         Read the counter and its ETag, write the next value with If-Match (If-None-Match when
         absent), and on a lost race (412/409, or the key deleted meanwhile) back off with jitter
-        and start again. Each returned value is therefore handed out exactly once.
+        and start again. The counter remembers the last ``INCR_MEMORY`` increments by a token
+        of their own, so an attempt whose response was lost (a timeout, a reset, a 500 after
+        the server applied it, or botocore's retry of it meeting our own write as a 412) is
+        recognised on the next read instead of being counted twice.
         """
         object_key = self._object_key(key)
+        token = uuid.uuid4().hex
         delay = INCR_BACKOFF_START
         jitter = random.SystemRandom()
         for _ in range(INCR_MAX_ATTEMPTS):
-            current = self.store.get_with_etag(object_key)
-            value = 1 if current is None else self._counter(object_key, current[0]) + 1
-            sealed = self._seal(object_key, str(value))
             try:
-                if current is None:
-                    self.store.put(object_key, sealed, if_none_match=True, tags=self._tags(None))
-                else:
-                    self.store.put(object_key, sealed, if_match=current[1], tags=self._tags(None))
+                done = self._incr_once(object_key, token)
             except ClientError as exc:
-                if not (is_write_conflict(exc) or is_missing_key(exc)):
+                if not (is_write_conflict(exc) or is_missing_key(exc) or is_transient(exc)):
                     raise
-                logger.debug("chord counter %r: lost a write race, retrying", object_key)
-                time.sleep(jitter.uniform(0, delay))
-                delay = min(delay * 2, INCR_BACKOFF_MAX)
-                continue
-            return value
+                logger.debug("chord counter %r: write raced or was lost, re-reading", object_key)
+            except BotoCoreError as exc:
+                if not is_transient(exc):
+                    raise
+                logger.debug("chord counter %r: response lost, re-reading", object_key)
+            else:
+                return done
+            time.sleep(jitter.uniform(0, delay))
+            delay = min(delay * 2, INCR_BACKOFF_MAX)
         raise ClientError(
             {"Error": {"Code": "ConditionalRequestConflict", "Message": "too much contention"}},
             f"incr {object_key!r} after {INCR_MAX_ATTEMPTS} attempts",
         )
 
-    def _counter(self, object_key: str, data: bytes) -> int:
+    def _incr_once(self, object_key: str, token: str) -> int:
+        """One read-and-conditional-write; the value of our increment if it is already in."""
+        current = self.store.get_with_etag(object_key)
+        value, recent = (0, []) if current is None else self._counter(object_key, current[0])
+        for done_token, done_value in recent:
+            if done_token == token:  # an earlier attempt of ours was applied after all
+                return int(done_value)
+        value += 1
+        state = {"n": value, "recent": [*recent, [token, value]][-INCR_MEMORY:]}
+        sealed = self._seal(object_key, json.dumps(state, separators=(",", ":")))
+        if current is None:
+            self.store.put(object_key, sealed, if_none_match=True, tags=self._tags(None))
+        else:
+            self.store.put(object_key, sealed, if_match=current[1], tags=self._tags(None))
+        return value
+
+    def _counter(self, object_key: str, data: bytes) -> tuple[int, list[list[Any]]]:
+        """The counter's value and its recent increments (a bare integer from older releases)."""
         text = self._open(object_key, data)
-        return int(text if isinstance(text, str) else text.decode("ascii"))
+        text = text if isinstance(text, str) else text.decode("ascii")
+        if text.lstrip().startswith("{"):
+            state = json.loads(text)
+            return int(state["n"]), [list(entry) for entry in state.get("recent", [])]
+        return int(text), []
 
     def expire(self, key: str | bytes, value: Any) -> None:
         """S3 has no per-object TTL: expiry is ``cleanup``'s job (or a lifecycle rule's)."""

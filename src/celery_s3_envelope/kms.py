@@ -19,9 +19,10 @@ import os
 import struct
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +54,8 @@ class KmsError(EnvelopeError):
 
 @dataclass(slots=True)
 class _CachedKey:
-    plaintext: bytes
-    blob: bytes
+    plaintext: bytes = field(repr=False)
+    blob: bytes = field(repr=False)
     expires: float
     uses_left: int
 
@@ -92,7 +93,18 @@ class KmsProvider:
         self._pid = 0
         self._lock = threading.Lock()
         self._generated: dict[tuple[str, str, str], _CachedKey] = {}
-        self._decrypted: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._decrypted: OrderedDict[tuple[str, str, str, bytes], tuple[bytes, float]] = (
+            OrderedDict()
+        )
+        _providers.add(self)
+
+    def _forget(self) -> None:
+        """In a forked child: its own lock, no keys cached by the parent (each process draws its
+        own intermediate keys, so ``cache_uses`` bounds wraps per key, not per key per child)."""
+        self._lock = threading.Lock()
+        self._generated.clear()
+        self._decrypted.clear()
+        self._client = None
 
     def __repr__(self) -> str:
         endpoint = self._client_args["endpoint_url"] or "default"
@@ -149,11 +161,14 @@ class KmsProvider:
         """The intermediate key inside ``blob``; KMS enforces the encryption context."""
         now = self._clock()
         caching = self.cache_seconds > 0
+        # Keyed by everything KMS checks, not the blob alone: a slot whose scope or KEK id was
+        # changed must reach KMS (and fail its context check), even with this blob cached.
+        cache_key = (kek_id, kms_key_id, scope, blob)
         if caching:
             with self._lock:
-                hit = self._decrypted.get(blob)
+                hit = self._decrypted.get(cache_key)
                 if hit is not None and hit[1] > now:
-                    self._decrypted.move_to_end(blob)
+                    self._decrypted.move_to_end(cache_key)
                     return hit[0]
         response = self._call(
             kek_id,
@@ -167,7 +182,7 @@ class KmsProvider:
             raise IntegrityError(f"KMS returned a key of the wrong size for KEK {kek_id!r}")
         if caching:
             with self._lock:
-                self._decrypted[blob] = (plaintext, now + self.cache_seconds)
+                self._decrypted[cache_key] = (plaintext, now + self.cache_seconds)
                 while len(self._decrypted) > DECRYPT_CACHE_ENTRIES:
                     self._decrypted.popitem(last=False)
         return plaintext
@@ -186,6 +201,16 @@ class KmsProvider:
                 f"KMS {operation} failed for KEK {kek_id!r}: {code}", kek_id=kek_id, code=code
             ) from None
 
+
+_providers: weakref.WeakSet[KmsProvider] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for provider in list(_providers):
+        provider._forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _default_provider: KmsProvider | None = None
 _default_lock = threading.Lock()

@@ -5,7 +5,8 @@ Each lists the bucket and prefix given by the options (or the Celery app's ``s3_
 or ``--json`` for scripts and audit evidence).
 
 Exit status: ``rotate`` / ``migrate``: 0 when nothing failed, 1 otherwise; ``scan``: 2 when any
-plaintext result was found (for cron / CI alerts), else 1 when ``--verify`` saw a failure, else 0.
+plaintext result was found (for cron / CI alerts), else 1 when an object could not be read or
+``--verify`` saw a failure, else 0.
 An interrupted run (Ctrl-C) prints what it did and the key to ``--resume-from``, and exits 130.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import click
 
 from .cli_sources import Prefix, S3Options, SettingsError, Workspace, s3_options
+from .keyring import Keyring
 from .sweep import DEFAULT_WORKERS, SweepReport
 
 KEYRING_OPTION = click.option(
@@ -48,6 +50,23 @@ def _target(ctx: click.Context, options: dict[str, Any]) -> tuple[Workspace, Pre
     if prefix is None:
         raise click.UsageError("which bucket? pass --bucket (or run as `celery -A proj envelope`)")
     return workspace, prefix
+
+
+def _writing_keyring(workspace: Workspace, target: Prefix, path: Path | None) -> Keyring:
+    """The keyring that seals: KMS entries bound to the target's scope (``bucket/prefix``), as
+    the backend binds them to ``bucket/base_path``, so key policies conditioned on the scope keep
+    working for what rotate and migrate write. Under ``celery envelope`` the app's backend has
+    already done this."""
+    try:
+        keyring = workspace.keyring(path)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    if keyring.uses_kms and (workspace.app is None or path is not None):
+        from .kms import KmsProvider
+
+        scope = f"{target.bucket}/{target.prefix}"
+        keyring = keyring.with_kms(KmsProvider(region=workspace.options.region, scope=scope))
+    return keyring
 
 
 class Progress:
@@ -151,10 +170,7 @@ def rotate(
     from .rotation import Rotation
 
     workspace, target = _target(ctx, options)
-    try:
-        keyring = workspace.keyring(keyring_path)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    keyring = _writing_keyring(workspace, target, keyring_path)
     rotation = Rotation(
         workspace.store(target.bucket),
         keyring,
@@ -220,10 +236,7 @@ def migrate(
     from .audit import Migration
 
     workspace, target = _target(ctx, options)
-    try:
-        keyring = workspace.keyring(keyring_path)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    keyring = _writing_keyring(workspace, target, keyring_path)
     migration = Migration(
         workspace.store(target.bucket),
         keyring,
@@ -298,7 +311,7 @@ def scan(
     _print_scan(report, checked, target, as_json)
     if report.plaintext_found:
         sys.exit(2)
-    if checked is not None and not checked.ok:
+    if report.counts["unreadable"] or (checked is not None and not checked.ok):
         sys.exit(1)
 
 
@@ -315,7 +328,7 @@ def _print_scan(report: Any, checked: SweepReport | None, target: Prefix, as_jso
         click.echo(json.dumps({"target": target.name, **document}, indent=2))
         return
     click.echo(f"scan {target.name}: {document['objects']:,} objects")
-    for state in ("sealed", "plaintext", "foreign"):
+    for state in ("sealed", "plaintext", "foreign", "unreadable"):
         stored = document["stored_bytes"][state]
         click.echo(f"  {state:<10} {document[state]:>10,}   {stored:>14,} bytes stored")
     if document["sealed_by_kek"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zstandard
 from cryptography.exceptions import InvalidTag
@@ -27,6 +27,7 @@ from .envelope import (
     EnvelopeHeader,
     PayloadKind,
     Suite,
+    Unpacked,
     associated_data_for,
     pack_parts,
     sealed_part,
@@ -134,9 +135,9 @@ class CompressStage:
 
 @dataclass(frozen=True, slots=True)
 class ContentKeys:
-    key: bytes
-    nonce: bytes
-    commitment: bytes
+    key: bytes = field(repr=False)
+    nonce: bytes = field(repr=False)
+    commitment: bytes = field(repr=False)
 
 
 def derive_content_keys(dek: bytes, salt: bytes, suite: Suite) -> ContentKeys:
@@ -260,42 +261,52 @@ class Pipeline:
 
     def unseal(self, envelope: bytes, *, keyring: Keyring, key: str | None = None) -> str | bytes:
         """Open ``envelope``; with ``key``, refuse one sealed for another object key."""
-        parts = unpack(envelope)
+        parts = checked_parts(envelope, key=key, max_size=self.max_size)
         header = parts.header
-        check_object_key(header, key)
-        if header.payload_size > self.max_size:
-            raise SizeLimitExceeded(
-                f"envelope declares {header.payload_size} bytes, "
-                f"more than the maximum of {self.max_size}"
-            )
-        max_ciphertext = header.payload_size + TAG_SIZE
-        if header.compression is Compression.NONE and len(parts.ciphertext) != max_ciphertext:
-            raise IntegrityError("payload length differs from the header's declared size")
         kek = keyring.for_unwrap(header.kek_id)
         plaintext = self.encrypt.open(header, parts.associated_data, parts.ciphertext, kek)
         data = self.compress.decode(plaintext, header)
         return self.serialize.decode(data, header.payload_kind)
 
 
-def check_object_key(header: EnvelopeHeader, key: str | None) -> None:
-    """Refuse an envelope read from another object key than it was sealed for."""
+def checked_parts(envelope: bytes, *, key: str | None, max_size: int) -> Unpacked:
+    """Parse ``envelope`` and make every check that needs no key (``unseal`` and ``rewrap``):
+    the object key it was read from, the size limit, and a payload length consistent with the
+    header (stored zstd frames are always shorter than the plaintext, so a longer payload is a
+    forgery, refused before anything is decrypted)."""
+    parts = unpack(envelope)
+    header = parts.header
     if key is not None and header.key != key:
         raise IntegrityError(
             f"envelope was sealed for object key {header.key!r}, read from {key!r}"
         )
+    if header.payload_size > max_size:
+        raise SizeLimitExceeded(
+            f"envelope declares {header.payload_size} bytes, more than the maximum of {max_size}"
+        )
+    stored = len(parts.ciphertext) - TAG_SIZE
+    if header.compression is Compression.NONE and stored != header.payload_size:
+        raise IntegrityError("payload length differs from the header's declared size")
+    if header.compression is not Compression.NONE and stored >= header.payload_size:
+        raise SizeLimitExceeded(
+            f"compressed payload of {stored} bytes is not shorter than its declared size"
+        )
+    return parts
 
 
-def rewrap(envelope: bytes, *, keyring: Keyring, key: str | None = None) -> bytes:
+def rewrap(
+    envelope: bytes, *, keyring: Keyring, key: str | None = None, max_size: int = DEFAULT_MAX_SIZE
+) -> bytes:
     """The same envelope with its DEK re-wrapped under the keyring's active KEK.
 
     Only the key slot changes; the sealed part and the payload ciphertext are kept byte for byte.
     The old slot is unwrapped with the KEK it names and the DEK is checked against the key
     commitment first, so nothing that would not open is ever re-wrapped. ``key`` (the object key
-    the envelope was read from) must match the sealed one, as for ``unseal``.
+    the envelope was read from) must match the sealed one, and every check ``unseal`` makes
+    before decrypting is made here too; only the GCM tag is left unchecked (``--verify``).
     """
-    parts = unpack(envelope)
+    parts = checked_parts(envelope, key=key, max_size=max_size)
     header = parts.header
-    check_object_key(header, key)
     old = keyring.for_unwrap(header.kek_id)
     dek, _ = EncryptStage().unwrap(header, parts.associated_data, old)
     new = keyring.active

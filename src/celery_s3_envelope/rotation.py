@@ -54,12 +54,12 @@ def rotate_object(
         kek_id = unpack(data).header.kek_id
         if kek_id == keyring.active.id and not reencrypt:
             return ObjectResult(key, Outcome.CURRENT, kek_id)
+        codec = pipeline or Pipeline()
         if reencrypt:
-            codec = pipeline or Pipeline()
             new = codec.seal(codec.unseal(data, keyring=keyring, key=key), key=key, keyring=keyring)
         else:
-            new = rewrap(data, keyring=keyring, key=key)
-    except EnvelopeError as exc:
+            new = rewrap(data, keyring=keyring, key=key, max_size=codec.max_size)
+    except (EnvelopeError, ClientError) as exc:  # ClientError: KMS refused or throttled
         return ObjectResult(key, Outcome.FAILED, reason=describe_error(exc))
     if dry_run:
         return ObjectResult(key, Outcome.REWRAPPED, kek_id)
@@ -76,10 +76,11 @@ def rotate_object(
 
 
 def rewrite(store: S3Store, key: str, body: bytes, read: Fetched) -> None:
-    """Write ``body`` over the exact version ``read`` (If-Match), keeping its tags: PutObject
-    replaces the tag set, and the expiry-class tag decides which lifecycle rule applies."""
+    """Write ``body`` over the exact version ``read`` (If-Match), keeping what PutObject would
+    reset: the tag set (the expiry-class tag decides which lifecycle rule applies), server-side
+    encryption and its KMS key, the storage class."""
     tags = store.get_tags(key) if read.tag_count else None
-    store.put(key, body, if_match=read.etag, tags=tags)
+    store.put(key, body, if_match=read.etag, tags=tags, extra=read.put_args)
 
 
 def _verified(

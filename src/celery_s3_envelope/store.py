@@ -93,13 +93,19 @@ class ObjectInfo:
     last_modified: datetime
 
 
+KEPT_ON_REWRITE = ("ServerSideEncryption", "SSEKMSKeyId", "BucketKeyEnabled", "StorageClass")
+"""GetObject fields a rewrite passes back to PutObject, which would otherwise reset them."""
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """One object read in full: what a conditional rewrite needs (ETag) and must keep (tags)."""
+    """One object read in full: what a conditional rewrite needs (ETag) and must keep (tags,
+    server-side encryption, storage class)."""
 
     body: bytes
     etag: str
     tag_count: int
+    put_args: dict[str, Any]
 
 
 _stores: weakref.WeakSet[S3Store] = weakref.WeakSet()
@@ -211,7 +217,10 @@ class S3Store:
             raise
         body = response["Body"]
         try:
-            return Fetched(body.read(), response["ETag"], int(response.get("TagCount") or 0))
+            kept = {name: response[name] for name in KEPT_ON_REWRITE if response.get(name)}  # type: ignore[literal-required]
+            if kept.get("StorageClass") == "STANDARD":
+                del kept["StorageClass"]
+            return Fetched(body.read(), response["ETag"], int(response.get("TagCount") or 0), kept)
         finally:
             body.close()
 
@@ -266,18 +275,27 @@ class S3Store:
         if_match: str | None = None,
         if_none_match: bool = False,
         tags: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> str:
         """Write the object and return its ETag.
 
         ``if_match`` writes only over that ETag, ``if_none_match`` only when the key is absent;
         a failed precondition raises botocore's ``ClientError`` (PreconditionFailed, 412).
-        ``tags`` are sent as the object's tag set in the same request.
+        ``tags`` are sent as the object's tag set in the same request; ``extra`` adds PutObject
+        arguments over the store's own (e.g. a rewritten object's own encryption settings).
         """
         if if_match is not None and if_none_match:
             raise ValueError("if_match and if_none_match exclude each other")
-        kwargs: dict[str, Any] = {**self.put_extra_args, "Bucket": self.bucket, "Key": key}
+        kwargs: dict[str, Any] = {
+            **self.put_extra_args,
+            **(extra or {}),
+            "Bucket": self.bucket,
+            "Key": key,
+        }
         if if_match is not None:
-            kwargs["IfMatch"] = if_match
+            # Unquoted: Ceph RGW 16 never matches a quoted ETag in If-Match on PUT (412 for the
+            # exact version); AWS and moto accept either form (docs/compatibility.md).
+            kwargs["IfMatch"] = if_match.strip('"')
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         if tags:
