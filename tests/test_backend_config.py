@@ -214,3 +214,10 @@ def test_backend_from_app_builds_one_from_the_settings(make_app: MakeApp, bucket
     backend = backend_from_app(app)
     assert isinstance(backend, EnvelopeS3Backend) and backend is not app.backend
     assert (backend.bucket_name, backend.base_path) == (bucket, "cli/")
+
+
+def test_bare_scheme_url_takes_everything_from_settings(make_app: MakeApp, bucket: str) -> None:
+    """The README's two-setting switch: ``result_backend = "s3envelope://"``."""
+    backend = make_app(result_backend="s3envelope://", s3_base_path="celery/").backend
+    assert (backend.bucket_name, backend.base_path) == (bucket, "celery/")
+    assert backend.as_uri() == f"s3envelope://{bucket}/celery/"

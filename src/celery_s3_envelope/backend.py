@@ -381,7 +381,7 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
     # -- identity ----------------------------------------------------------------------------
     def as_uri(self, include_password: bool = False) -> str:
         """The backend's URL with the secret access key masked (``include_password``: as given)."""
-        if not self.url:
+        if not self.url or not urlsplit(self.url).netloc:  # "s3envelope://": all from settings
             return f"{SCHEME}://{self.bucket_name}/{self.base_path}"
         if include_password:
             return str(self.url)
