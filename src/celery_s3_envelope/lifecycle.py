@@ -72,8 +72,19 @@ def plan(current: list[dict[str, Any]], ours: list[dict[str, Any]]) -> Plan:
     return Plan(current=current, merged=kept + ours)
 
 
+def canonical_filter(rule: dict[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A rule's filter as (prefix, sorted tags), whatever form the server returns it in: Ceph
+    RGW 16 answers an ``And`` of a prefix and one tag as ``{"Prefix": ..., "Tag": {...}}``."""
+    raw = rule.get("Filter") or {}
+    parts = raw.get("And") or raw
+    prefix = parts.get("Prefix", rule.get("Prefix", "")) or ""
+    tags = list(parts.get("Tags") or []) + ([parts["Tag"]] if parts.get("Tag") else [])
+    return str(prefix), tuple(sorted((str(t["Key"]), str(t["Value"])) for t in tags))
+
+
 def _normalized(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rules as compared: servers may echo a rule with empty fields added or in another order."""
+    """Rules as compared: servers may echo a rule with empty fields added, its filter in another
+    equivalent form, or the rules in another order."""
 
     def clean(value: Any) -> Any:
         if isinstance(value, dict):
@@ -82,4 +93,8 @@ def _normalized(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return [clean(v) for v in value]
         return value
 
-    return sorted((clean(rule) for rule in rules), key=lambda rule: str(rule.get("ID", "")))
+    def canonical(rule: dict[str, Any]) -> dict[str, Any]:
+        rest = {k: v for k, v in rule.items() if k not in ("Filter", "Prefix")}
+        return {**clean(rest), "Filter": canonical_filter(rule)}
+
+    return sorted((canonical(rule) for rule in rules), key=lambda rule: str(rule.get("ID", "")))
