@@ -13,7 +13,7 @@ from payloads import celery_result
 from server import fresh_bucket, moto_process, s3_endpoint
 
 import celery_s3_envelope as cse
-from celery_s3_envelope.kms import KmsKey, KmsProvider
+from celery_s3_envelope.kms import KmsKey
 from celery_s3_envelope.rotation import Rotation
 from celery_s3_envelope.store import S3Store
 
@@ -85,31 +85,24 @@ def kms(quick: bool = False) -> dict[str, Any]:
     rows = []
     with moto_process() as endpoint, fresh_bucket(endpoint) as bucket:
         arn = endpoint.client("kms").create_key()["KeyMetadata"]["Arn"]
-        for label, cache in (("cache on (default)", {}), ("cache off", {"cache_seconds": 0})):
-            provider = KmsProvider(
-                endpoint_url=endpoint.url,
-                region=endpoint.region,
-                access_key_id=endpoint.access_key_id,
-                secret_access_key=endpoint.secret_access_key,
-                scope=f"{bucket}/kms/",
-                **cache,
+        for label, cache in (("cache on (default)", {}), ("cache off", {"uses": 0})):
+            app = Celery("kms", set_as_current=False)
+            app.conf.update(
+                result_backend="s3envelope",
+                envelope_keyring=cse.Keyring([KmsKey("kms-1", arn, cse.KeyState.ACTIVE)]),
+                envelope_kms_endpoint_url=endpoint.url,
+                envelope_kms_cache_uses=cache.get("uses"),
+                s3_base_path="kms/",
+                **endpoint.settings(bucket),
             )
+            backend = app.backend
             calls: list[str] = []
-            provider.client.meta.events.register(
+            backend.keyring.active.provider.client.meta.events.register(
                 "before-send.kms.*",
                 lambda request, calls=calls, **_: calls.append(
                     request.headers["X-Amz-Target"].decode()
                 ),
             )
-            keyring = cse.Keyring([KmsKey("kms-1", arn, cse.KeyState.ACTIVE)]).with_kms(provider)
-            app = Celery("kms", set_as_current=False)
-            app.conf.update(
-                result_backend="s3envelope",
-                envelope_keyring=keyring,
-                s3_base_path="kms/",
-                **endpoint.settings(bucket),
-            )
-            backend = app.backend
             started = time.perf_counter()
             for i in range(count):
                 backend.set(f"k-{i}", f'{{"status": "SUCCESS", "result": {i}}}')
