@@ -113,3 +113,18 @@ def fresh_bucket(endpoint: Endpoint) -> Iterator[str]:
             if keys:
                 client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
         client.delete_bucket(Bucket=name)
+
+
+def add_latency(client: Any, seconds: float) -> None:
+    """Model a network round trip: every request of ``client`` waits ``seconds`` first.
+
+    Loopback has no latency, so on a small machine a request costs client and server CPU only
+    and concurrency can win little; real S3 answers in tens of milliseconds, which is what
+    concurrent requests hide. The wait is a ``time.sleep`` (it releases the GIL), applied alike
+    to every contender of a comparison.
+    """
+
+    def wait(**_: Any) -> None:
+        time.sleep(seconds)
+
+    client.meta.events.register("before-send.s3", wait)
