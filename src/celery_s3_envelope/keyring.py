@@ -139,6 +139,27 @@ class LocalKey(KeyEntry):
         return self._material.startswith(EXAMPLE_MARKER)
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file in the same folder, fsync, rename,
+    folder fsync), mode 0600 from the first byte: for keyrings and anything holding keys."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def derive_wrapping_key(
     secret: bytes, salt: bytes, method: WrapMethod, kek_id: bytes, associated_data: bytes
 ) -> bytes:
@@ -283,24 +304,8 @@ class Keyring:
 
     def to_file(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temp file, fsync, rename) with mode 0600."""
-        path = Path(path)
         data = (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_private(Path(path), data)
 
     # -- lookup -------------------------------------------------------------------------------
     @property

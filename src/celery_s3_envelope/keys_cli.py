@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from .errors import KeyringError
-from .keyring import KEY_SIZE, Keyring, KeyState, LocalKey
+from .keyring import KEY_SIZE, Keyring, KeyState, LocalKey, write_private
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -47,18 +46,7 @@ def _load(path: Path) -> Keyring:
 def _backup(path: Path) -> Path:
     """Copy ``path`` to ``path.bak`` atomically, mode 0600 (it holds key material too)."""
     backup = path.with_name(path.name + ".bak")
-    data = path.read_bytes()
-    fd, tmp = tempfile.mkstemp(prefix=f".{backup.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, backup)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private(backup, path.read_bytes())
     return backup
 
 
