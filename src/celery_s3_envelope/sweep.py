@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,6 +24,13 @@ if TYPE_CHECKING:  # botocore only where S3 is used: the CLI imports this module
     from .store import ObjectInfo, S3Store
 
 DEFAULT_WORKERS = 16
+RUNS_DIR = ".envelope-runs/"
+"""Where a distributed run keeps its state (``<prefix>.envelope-runs/<run id>/``): never swept."""
+
+
+def is_run_state(key: str) -> bool:
+    """A distributed run's own state document, which no bucket-wide command touches."""
+    return RUNS_DIR in key
 
 
 class Outcome(StrEnum):
@@ -141,6 +148,7 @@ class Sweep(Generic[R, Rep]):
         limit: int | None = None,
         resume_from: str | None = None,
         on_result: Callable[[R], None] | None = None,
+        listing: Callable[[], Iterable[ObjectInfo]] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -154,12 +162,21 @@ class Sweep(Generic[R, Rep]):
         self.limit = limit
         self.resume_from = resume_from
         self.on_result = on_result
+        self.listing = listing
+        """The objects in key order instead of the prefix's listing (a distributed shard's)."""
 
     def objects(self) -> Iterator[ObjectInfo]:
-        listing = self.store.list(self.prefix, start_after=self.resume_from)
-        for count, info in enumerate(listing):
+        if self.listing is not None:
+            listing: Iterable[ObjectInfo] = self.listing()
+        else:
+            listing = self.store.list(self.prefix, start_after=self.resume_from)
+        count = 0
+        for info in listing:
+            if is_run_state(info.key):
+                continue
             if self.limit is not None and count >= self.limit:
                 return
+            count += 1
             yield info
 
     def run(self) -> Rep:
