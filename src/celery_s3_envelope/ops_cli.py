@@ -17,13 +17,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .cli_sources import Prefix, S3Options, SettingsError, Workspace, s3_options
 from .keyring import Keyring
 from .sweep import DEFAULT_WORKERS, SweepReport
+
+if TYPE_CHECKING:
+    from .distributed_cli import DistributedCall
 
 KEYRING_OPTION = click.option(
     "--keyring",
@@ -39,6 +42,40 @@ WORKERS_OPTION = click.option(
     help="Objects handled concurrently (threads).",
 )
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+
+
+def distributed_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--distributed``, ``--shards``, ``--queue``, ``--resume``, ``--timeout`` (docs/scale.md)."""
+    for option in reversed(
+        (
+            click.option(
+                "--distributed",
+                is_flag=True,
+                help="Run as one Celery task per shard on the app's own workers.",
+            ),
+            click.option(
+                "--shards",
+                default=16,
+                show_default=True,
+                type=click.IntRange(1, 4096),
+                help="Key ranges per Celery key prefix (--distributed).",
+            ),
+            click.option("--queue", metavar="QUEUE", help="Queue for the shard tasks."),
+            click.option(
+                "--resume",
+                "resume_run",
+                metavar="RUN_ID",
+                help="Re-send the shards of this distributed run that did not finish.",
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(0, min_open=True),
+                help="Stop waiting after SECONDS (the run goes on; --resume it later).",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
 
 
 def _target(ctx: click.Context, options: dict[str, Any]) -> tuple[Workspace, Prefix]:
@@ -100,7 +137,7 @@ def _run(label: str, as_json: bool, run: Callable[[Callable[[object], None]], An
         progress.close()
 
 
-def _print_sweep(report: SweepReport, target: Prefix, as_json: bool) -> None:
+def print_sweep(report: SweepReport, target: Prefix, as_json: bool) -> None:
     document = report.to_dict()
     if as_json:
         click.echo(json.dumps({"target": target.name, **document}, indent=2))
@@ -129,6 +166,20 @@ def _interrupted(report: SweepReport | None) -> None:
     click.echo(f"\ninterrupted:{hint}", err=True)
 
 
+def _distributed_call(
+    workspace: Workspace,
+    target: Prefix,
+    shards: int,
+    queue: str | None,
+    resume_run: str | None,
+    timeout: float | None,
+    as_json: bool,
+) -> DistributedCall:
+    from .distributed_cli import DistributedCall  # the Celery task module: only when used
+
+    return DistributedCall(workspace, target, shards, queue, resume_run, timeout, as_json)
+
+
 # -- rotate -----------------------------------------------------------------------------------
 
 
@@ -147,6 +198,7 @@ See docs/rotation.md for the whole runbook (add key, activate, deploy, rotate, r
 @click.option("--resume-from", metavar="KEY", help="Start after this key (a report's last key).")
 @click.option("--verify", is_flag=True, help="Re-read and open every rewritten object.")
 @click.option("--reencrypt", is_flag=True, help="Seal again under a fresh data key, not a rewrap.")
+@distributed_options
 @JSON_OPTION
 @s3_options
 @click.pass_context
@@ -160,6 +212,11 @@ def rotate(
     resume_from: str | None,
     verify: bool,
     reencrypt: bool,
+    distributed: bool,
+    shards: int,
+    queue: str | None,
+    resume_run: str | None,
+    timeout: float | None,
     as_json: bool,
     **options: str | None,
 ) -> None:
@@ -171,6 +228,13 @@ def rotate(
 
     workspace, target = _target(ctx, options)
     keyring = _writing_keyring(workspace, target, keyring_path)
+    if distributed or resume_run:
+        if limit is not None or resume_from is not None:
+            raise click.UsageError("--limit and --resume-from are local; use --resume RUN_ID")
+        run = _distributed_call(workspace, target, shards, queue, resume_run, timeout, as_json)
+        flags = {"dry_run": dry_run, "verify": verify, "reencrypt": reencrypt}
+        run("rotate", keyring, {"workers": workers, **flags})
+        return
     rotation = Rotation(
         workspace.store(target.bucket),
         keyring,
@@ -196,7 +260,7 @@ def _sweep_command(sweep: Any, target: Prefix, as_json: bool) -> None:
     except KeyboardInterrupt:
         _interrupted(sweep.report)
         sys.exit(130)
-    _print_sweep(report, target, as_json)
+    print_sweep(report, target, as_json)
     if not report.ok:
         sys.exit(1)
 
@@ -216,6 +280,7 @@ See docs/migration.md for switching from Celery's S3 backend with no downtime.""
 @click.option("--dry-run", is_flag=True, help="Read and count; write nothing.")
 @click.option("--limit", type=click.IntRange(0), help="Stop after this many objects.")
 @click.option("--resume-from", metavar="KEY", help="Start after this key (a report's last key).")
+@distributed_options
 @JSON_OPTION
 @s3_options
 @click.pass_context
@@ -227,6 +292,11 @@ def migrate(
     dry_run: bool,
     limit: int | None,
     resume_from: str | None,
+    distributed: bool,
+    shards: int,
+    queue: str | None,
+    resume_run: str | None,
+    timeout: float | None,
     as_json: bool,
     **options: str | None,
 ) -> None:
@@ -237,6 +307,12 @@ def migrate(
 
     workspace, target = _target(ctx, options)
     keyring = _writing_keyring(workspace, target, keyring_path)
+    if distributed or resume_run:
+        if limit is not None or resume_from is not None:
+            raise click.UsageError("--limit and --resume-from are local; use --resume RUN_ID")
+        run = _distributed_call(workspace, target, shards, queue, resume_run, timeout, as_json)
+        run("migrate", keyring, {"workers": workers, "dry_run": dry_run})
+        return
     migration = Migration(
         workspace.store(target.bucket),
         keyring,
@@ -263,6 +339,7 @@ Exit status 2 when any plaintext result is found."""
 @KEYRING_OPTION
 @WORKERS_OPTION
 @click.option("--verify", is_flag=True, help="Also open every object with the keyring.")
+@distributed_options
 @JSON_OPTION
 @s3_options
 @click.pass_context
@@ -272,6 +349,11 @@ def scan(
     keyring_path: Path | None,
     workers: int,
     verify: bool,
+    distributed: bool,
+    shards: int,
+    queue: str | None,
+    resume_run: str | None,
+    timeout: float | None,
     as_json: bool,
     **options: str | None,
 ) -> None:
@@ -282,6 +364,16 @@ def scan(
     from . import audit
 
     workspace, target = _target(ctx, options)
+    if distributed or resume_run:
+        if not verify and not resume_run:
+            raise click.UsageError("--distributed runs `scan --verify` only")
+        try:
+            reader = workspace.keyring(keyring_path)
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from None
+        run = _distributed_call(workspace, target, shards, queue, resume_run, timeout, as_json)
+        run("verify", reader, {"workers": workers})
+        return
     store = workspace.store(target.bucket)
     try:
         keyring = workspace.keyring(keyring_path) if verify else None
