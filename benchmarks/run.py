@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import backend
 import codec
+import distributed
 import operations
 from harness import Goal
 
@@ -22,6 +23,7 @@ SECTIONS = {
     "backend": backend.run,
     "rotation": operations.rotation,
     "kms": operations.kms,
+    "distributed": distributed.run,
 }
 
 
