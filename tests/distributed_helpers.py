@@ -65,8 +65,8 @@ def put_counts(client: S3Client, bucket: str) -> Counter[str]:
 
 @contextmanager
 def versioned_bucket(client: S3Client, *, versioned: bool = True) -> Iterator[str]:
-    """A bucket whose versions count the PUTs (moto's versioned store does not scale to 10⁴
-    objects in memory: the 20,000-object tests pass ``versioned=False``)."""
+    """A bucket whose versions count the PUTs, on a real server (on moto the ``server_puts``
+    fixture counts them: moto's versioned store does not scale to 10⁴ objects)."""
     name = f"test-{uuid.uuid4().hex[:20]}"
     client.create_bucket(Bucket=name)
     if versioned:
