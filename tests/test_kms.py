@@ -11,9 +11,11 @@ from typing import Any
 
 import boto3
 import pytest
+from click.testing import CliRunner
 from moto.server import ThreadedMotoServer
 
 import celery_s3_envelope as cse
+from celery_s3_envelope.cli import envelope as cli_group
 from celery_s3_envelope.envelope import WrapMethod, pack, unpack
 from celery_s3_envelope.kms import KmsError, KmsKey, KmsProvider, parse_kms_body
 from celery_s3_envelope.pipeline import Pipeline
@@ -224,6 +226,37 @@ def test_offline_decode_with_a_keyring_file_naming_the_kms_key(
         monkeypatch.setenv(name, value)
     monkeypatch.setattr("celery_s3_envelope.kms._default_provider", None)
     assert cse.unseal(envelope, keyring=cse.Keyring.from_file(path)) == "offline"
+
+
+def test_cli_decode_of_a_kms_envelope_needs_kms_and_says_so_in_one_line(
+    kms_endpoint: str, kms_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arn = kms_client.create_key()["KeyMetadata"]["Arn"]
+    sealed = tmp_path / "result.bin"
+    sealed.write_bytes(
+        cse.seal("offline", key=KEY, keyring=kms_keyring(arn, counted_provider(kms_endpoint, [])))
+    )
+    path = tmp_path / "keys.json"
+    kms_keyring(arn, counted_provider(kms_endpoint, [])).to_file(path)
+    monkeypatch.setattr("celery_s3_envelope.kms._default_provider", None)
+    args = ["decode", "--raw", str(sealed), "--keyring", str(path)]
+    # No region, no credentials (the autouse fixture clears AWS_*): KMS cannot be asked.
+    offline = CliRunner().invoke(cli_group, args)
+    assert offline.exit_code == 1, offline.output
+    (line,) = offline.stderr.strip().splitlines()
+    assert str(sealed) in line and "KMS request failed" in line
+    assert "Traceback" not in offline.output and "offline" not in offline.stdout
+    for name, value in {
+        "AWS_ENDPOINT_URL_KMS": kms_endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("celery_s3_envelope.kms._default_provider", None)
+    online = CliRunner().invoke(cli_group, args)
+    assert online.exit_code == 0, online.output
+    assert online.stdout == "offline"
 
 
 def test_mixed_keyring_rewraps_local_to_kms_and_back(kms_endpoint: str, kms_client: Any) -> None:

@@ -30,6 +30,7 @@ from .cli_sources import (
     Source,
     SourceError,
     Workspace,
+    aws_errors,
     parse_source,
     s3_options,
 )
@@ -342,7 +343,8 @@ def decode(
         for source in bar:
             try:
                 data = workspace.read(source)
-                value = pipeline.unseal(data, keyring=keyring, key=source.key)
+                with aws_errors("KMS"):  # a KMS KEK: KMS unreachable or refusing
+                    value = pipeline.unseal(data, keyring=keyring, key=source.key)
                 record = header_record(inspect_header(data), len(data))
                 rendered = _render(value, raw=raw)
                 if out is None and not raw and not as_json and rendered.kind == "bytes":

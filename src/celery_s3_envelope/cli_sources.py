@@ -225,7 +225,7 @@ class Workspace:
         if not source.is_s3:
             return read_local(source)
         assert source.bucket is not None and source.key is not None
-        with _s3_errors():
+        with aws_errors():
             data = self.store(source.bucket).get(source.key)
         if data is None:
             raise SourceError("no such object")
@@ -241,7 +241,7 @@ class Workspace:
             return data, len(data)
         assert source.bucket is not None and source.key is not None
         store = self.store(source.bucket)
-        with _s3_errors():
+        with aws_errors():
             size = source.size
             if size is None:
                 size = _object_size(store, source.key)
@@ -260,7 +260,7 @@ class Workspace:
     def expand(self, prefix: Prefix) -> Iterator[Source]:
         """The objects under a prefix, in key order."""
         store = self.store(prefix.bucket)
-        with _s3_errors():
+        with aws_errors():
             for info in store.list(prefix.prefix):
                 yield Source(
                     name=f"{S3_SCHEME}{prefix.bucket}/{info.key}",
@@ -294,8 +294,9 @@ def _app_store(app: Any, bucket: str) -> S3Store:
 
 
 @contextmanager
-def _s3_errors() -> Iterator[None]:
-    """Turn botocore's errors into one-line ``SourceError``s (their text holds no secrets)."""
+def aws_errors(service: str = "S3") -> Iterator[None]:
+    """Turn botocore's errors into one-line ``SourceError``s (their text holds no secrets):
+    S3's while reading a source, KMS's (no credentials, no region, refused) while opening one."""
     try:
         yield
     except Exception as exc:
@@ -309,7 +310,7 @@ def _s3_errors() -> Iterator[None]:
             if code == "NoSuchBucket":
                 raise SourceError("no such bucket") from None
             message = error.get("Message", "")
-            raise SourceError(f"S3 refused: {code} {message}".rstrip()) from None
+            raise SourceError(f"{service} refused: {code} {message}".rstrip()) from None
         if isinstance(exc, BotoCoreError):
-            raise SourceError(f"S3 request failed: {exc}") from None
+            raise SourceError(f"{service} request failed: {exc}") from None
         raise
