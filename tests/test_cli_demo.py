@@ -4,6 +4,7 @@ console script in its own process, a worker subprocess, and nothing left running
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,35 @@ def test_demo_short_runs_the_story_and_cleans_up() -> None:
     assert live_group_members(int(worker.group(1))) == []
     folder = re.search(r"temporary folder (\S+) removed", out)
     assert folder is not None and not Path(folder.group(1)).exists()
+
+
+def test_demo_stopped_by_sigterm_stops_its_worker_and_removes_its_folder() -> None:
+    script = Path(sys.executable).with_name("celery-s3-envelope")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "celery_s3_envelope.cli"]
+    demo = subprocess.Popen(
+        [*command, "demo", "--short"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert demo.stdout is not None
+    folder = worker = None
+    try:
+        for line in demo.stdout:  # click.echo flushes each line
+            text = line.decode()
+            found = re.search(r"generated (\S+)/keys\.json", text)
+            folder = Path(found.group(1)) if found else folder
+            started = re.search(r"celery worker, prefork pool of \d+, pid (\d+)", text)
+            if started:
+                worker = int(started.group(1))
+                break
+        assert folder is not None and worker is not None and folder.exists()
+        demo.send_signal(signal.SIGTERM)
+        rest = demo.communicate(timeout=60)[0].decode()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 128 + signal.SIGTERM, rest
+    assert "S3 server stopped" in rest and "Traceback" not in rest
+    assert live_group_members(worker) == [], rest
+    assert not folder.exists()
 
 
 def test_demo_without_moto_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -65,6 +65,10 @@ PLAINTEXT_MARKERS = ("SUCCESS", "FAILURE", PATIENT, "glucose", "ZeroDivisionErro
 """Text every result holds in clear; none may appear in any object's bytes."""
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @dataclass
 class Demo:
     """One run; ``run`` prints the story and raises ``DemoError`` when a step fails."""
@@ -74,6 +78,7 @@ class Demo:
     steps: int = 7
     _step: int = 0
     _started: float = field(default_factory=time.monotonic)
+    _worker: subprocess.Popen[bytes] | None = None
 
     def say(self, title: str) -> None:
         self._step += 1
@@ -85,11 +90,21 @@ class Demo:
             click.echo(f"{INDENT}{line}")
 
     def run(self) -> None:
+        """The story; SIGTERM and SIGHUP end it like Ctrl-C, through the clean-up below (the
+        worker runs in its own session, so nothing else would stop it)."""
+        caught = (signal.SIGTERM, signal.SIGHUP)
+        previous = {signum: signal.signal(signum, _exit_on_signal) for signum in caught}
+        try:
+            self._story()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _story(self) -> None:
         click.echo("celery-s3-envelope demo: a Celery worker storing sealed results in S3")
         with tempfile.TemporaryDirectory(prefix="celery-s3-envelope-demo-") as tmp:
             work = Path(tmp)
             server = self.start_s3()
-            worker: subprocess.Popen[bytes] | None = None
             try:
                 endpoint = "http://{}:{}".format(*server.get_host_and_port())
                 self.detail(f"moto S3 server on {endpoint}, bucket {BUCKET!r}")
@@ -101,10 +116,12 @@ class Demo:
             finally:
                 self._step = self.steps - 1
                 self.say("shutdown")
-                if worker is not None:
-                    self.stop_worker(worker)
-                server.stop()
-                self.detail("S3 server stopped")
+                try:
+                    if self._worker is not None:  # set as soon as it exists
+                        self.stop_worker(self._worker)
+                finally:
+                    server.stop()
+                    self.detail("S3 server stopped")
             self.detail(f"temporary folder {work} removed")
         click.echo(f"\ndone in {time.monotonic() - self._started:.1f} s")
 
@@ -193,7 +210,7 @@ class Demo:
             "--hostname=demo@localhost",
         ]  # fmt: skip
         with open(work / "worker.log", "wb") as log:
-            worker = subprocess.Popen(  # noqa: S603 (our own argv, no shell)
+            worker = self._worker = subprocess.Popen(  # noqa: S603 (our own argv, no shell)
                 command,
                 env=self._env(settings),
                 stdin=subprocess.DEVNULL,
