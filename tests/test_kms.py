@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from celery import states
 from click.testing import CliRunner
 from moto.server import ThreadedMotoServer
 
@@ -324,3 +325,31 @@ def test_backend_round_trip_of_1000_results_counts_generate_data_key(
     assert backend.get("celery-task-meta-999") == '{"result": 999}'
     scope = cse.inspect(backend.store.get("kms/celery-task-meta-0") or b"").wrap_body
     assert backend.bucket_name.encode() + b"/kms/" in scope  # the context names bucket and prefix
+
+
+def test_store_result_never_writes_over_a_result_kms_refuses_to_open(
+    make_app: Any, kms_endpoint: str, kms_client: Any
+) -> None:
+    def backend_under(arn: str) -> Any:
+        entry = {
+            "id": "kms-1",
+            "kms_key_id": arn,
+            "state": "active",
+            "created": "2026-11-30T00:00:00Z",
+        }
+        keyring = {"version": 1, "keys": [entry]}
+        app = make_app(
+            envelope_keyring=keyring,
+            envelope_kms_endpoint_url=kms_endpoint,
+            envelope_kms_region="us-east-1",
+        )
+        return app.backend
+
+    arn = kms_client.create_key()["KeyMetadata"]["Arn"]
+    backend_under(arn).store_result("t", "done", states.SUCCESS)
+    # A worker whose KMS key may not decrypt that result (another key: AccessDenied).
+    other = backend_under(kms_client.create_key()["KeyMetadata"]["Arn"])
+    with pytest.raises(KmsError) as caught:
+        other.store_result("t", "late duplicate", states.FAILURE)
+    assert caught.value.code == "AccessDeniedException"
+    assert backend_under(arn).get_task_meta("t")["result"] == "done"

@@ -491,8 +491,14 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
     def _get_task_meta_for(self, task_id: str) -> Any:
         if not getattr(self._storing, "active", False):
             return super()._get_task_meta_for(task_id)
+        from .kms import KmsError
+
         try:
             return super()._get_task_meta_for(task_id)
+        except KmsError:
+            # KMS refusing or unreachable says nothing about the object: it may hold a SUCCESS
+            # that a late duplicate must not overwrite. Fail the write; Celery reports it.
+            raise
         except EnvelopeError as exc:
             # Failing here would make the task's result unstorable for ever; the old object is
             # unreadable anyway, so it counts as absent and the new result replaces it.
