@@ -97,9 +97,11 @@ def running_worker(
     concurrency: int = 2,
     events: bool = False,
     hostname: str = "e2e@localhost",
+    quiet: bool = False,
     **settings: Any,
 ) -> Iterator[Worker]:
-    """A worker logging everything at DEBUG to ``tmp_path / "worker.log"``; ``events`` adds -E."""
+    """A worker logging everything at DEBUG to ``tmp_path / "worker.log"``; ``events`` adds -E,
+    ``quiet`` Celery's ``--quiet`` (no banner)."""
     config = {**worker_config(endpoint, bucket, keyring_file, tmp_path), **settings}
     log_file = tmp_path / "worker.log"
     env = {
@@ -108,7 +110,8 @@ def running_worker(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
     }
     command = [
-        sys.executable, "-m", "celery", "-A", "e2e_app", "worker", *(["-E"] if events else []),
+        sys.executable, "-m", "celery", "-A", "e2e_app", *(["--quiet"] if quiet else []),
+        "worker", *(["-E"] if events else []),
         f"--pool={pool}", f"--concurrency={concurrency}", "--loglevel=DEBUG",
         f"--logfile={log_file}", "--without-gossip", "--without-mingle", "--without-heartbeat",
         f"--hostname={hostname}",

@@ -1,6 +1,7 @@
 """The command line: ``celery-s3-envelope ...`` and ``celery -A proj envelope ...``.
 
-One click group, installed twice (console script and Celery's ``celery.commands`` entry point).
+One click group, installed twice: the console script, and Celery's ``celery.commands`` entry point
+(through ``celery_command``).
 ``decode`` and ``inspect`` live here; key management is in ``keys_cli``, the demo in ``demo``,
 reading sources (files, stdin, S3) in ``cli_sources``.
 

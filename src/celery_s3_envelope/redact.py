@@ -3,7 +3,8 @@
 The envelope seals what the backend stores, but Celery prints the same values elsewhere: the
 tracer logs each return value and each exception (``celery.app.trace``), and with task events on,
 ``task-succeeded`` carries the result's repr and ``task-failed`` the exception. Two hooks cover
-that without patching Celery, and ``install(app)``, called when the backend starts, applies both:
+that without patching Celery, and ``install(app)``, called when the backend starts and when a worker
+starts (``celery_command``, so ``--quiet`` workers too), applies both:
 
 * a logging filter on the loggers that print them (``LOGGERS``). A logger's filter runs before any
   handler formats the record, whatever the handlers are; pool children inherit it when forked, or
@@ -38,6 +39,7 @@ __all__ = [
     "RedactingDispatcher",
     "RedactingFilter",
     "install",
+    "install_at_worker_start",
     "redact_event",
     "settings_from_conf",
     "uninstall",
@@ -224,6 +226,24 @@ def install(app: Any) -> bool:
                 logger.addFilter(_FILTER)
         _install_events(app, settings.exceptions)
     return True
+
+
+def install_at_worker_start(sender: Any, **_: Any) -> None:
+    """``worker_init`` receiver (``celery_command``): ``install`` for a worker whose result
+    backend is ours, before the worker builds its event dispatcher."""
+    from celery.app.backends import by_url  # type: ignore[import-untyped]
+
+    from .backend import EnvelopeS3Backend
+
+    app = sender.app
+    if not app.conf.result_backend:
+        return
+    try:
+        backend_cls, _url = by_url(app.conf.result_backend, app.loader)
+    except (ImportError, ValueError, ImproperlyConfigured):
+        return  # a bad setting: the worker reports it when it builds the backend
+    if isinstance(backend_cls, type) and issubclass(backend_cls, EnvelopeS3Backend):
+        install(app)
 
 
 def uninstall(app: Any) -> None:
