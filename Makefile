@@ -21,7 +21,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint typecheck
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not ceph"
 
 demo: $(STAMP)
 	$(VENV)/bin/celery-s3-envelope demo
@@ -35,17 +35,19 @@ vectors: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# `make test-all`: the whole suite, the slow tier included (the 100,000-case fuzz).
+# `make test-all`: the whole suite, the slow tier included (the 100,000-case fuzz), but not the
+# tests that start Ceph themselves (`ceph`: `make test-rgw` runs those).
 .PHONY: test-all
 test-all: lint typecheck
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not ceph"
 
 # `make test-rgw`: the S3-facing tests (every test using the `s3_endpoint` fixture is marked `s3`
 # by tests/conftest.py) against a real S3 server. With S3_TEST_ENDPOINT_URL, S3_TEST_ACCESS_KEY_ID
 # and S3_TEST_SECRET_ACCESS_KEY (and S3_TEST_REGION) set, against that server, starting nothing;
 # otherwise against a throwaway Ceph RADOS Gateway on 127.0.0.1 that scripts/ceph-rgw.sh starts
 # (as root it installs Debian's Ceph packages when they are missing) and stops, and whose
-# directory it removes, on every exit path. Exits with pytest's status.
+# directory it removes, on every exit path; also the tests of that script (marked `ceph`). Exits
+# with pytest's status, or 1 when pytest passed but stopping the server failed.
 .PHONY: test-rgw
 test-rgw: $(STAMP)
 	@set -u; \
@@ -53,9 +55,9 @@ test-rgw: $(STAMP)
 		echo "test-rgw: the S3 server named by S3_TEST_ENDPOINT_URL: $$S3_TEST_ENDPOINT_URL"; \
 	else \
 		rgw_dir=$$(mktemp -d "$${TMPDIR:-/tmp}/ceph-rgw.XXXXXX") || exit 1; \
-		trap 'scripts/ceph-rgw.sh down "$$rgw_dir"' EXIT; \
+		trap 'status=$$?; scripts/ceph-rgw.sh down "$$rgw_dir" || { [ "$$status" -ne 0 ] || status=1; }; exit "$$status"' EXIT; \
 		trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM; \
 		scripts/ceph-rgw.sh up "$$rgw_dir" || exit 1; \
 		. "$$rgw_dir/env"; \
 	fi; \
-	$(PY) -m pytest -m "s3 and not slow"
+	$(PY) -m pytest -m "(s3 or ceph) and not slow"

@@ -3,7 +3,8 @@
 # (`make test-rgw`; docs/compatibility.md says what it showed).
 #
 #   scripts/ceph-rgw.sh up DIR     start it in DIR (which must not exist, or be empty)
-#   scripts/ceph-rgw.sh down DIR   stop it and remove DIR (nothing to do when DIR does not exist)
+#   scripts/ceph-rgw.sh down DIR   stop it and remove DIR (nothing to do when DIR does not exist;
+#                                  an empty DIR, e.g. one whose `up` failed early, is just removed)
 #
 # `up` starts one monitor, one OSD on memstore (in memory; nothing but logs touch the disk) and
 # radosgw, without systemd, cephx or a manager, on free loopback ports; creates an S3 user; waits
@@ -19,7 +20,8 @@
 #
 # `down` stops the daemons by the PIDs recorded in DIR/pids, each first checked to still be a daemon
 # running on DIR/ceph.conf (never by process name), SIGTERM then, after CEPH_RGW_STOP_TIMEOUT
-# seconds (15), SIGKILL; it returns when they have exited, and removes DIR.
+# seconds (15), SIGKILL; it returns when they have exited, and removes DIR. It refuses, and leaves
+# alone, a DIR that is neither made by `up` (DIR/ceph.conf and DIR/pids) nor empty.
 #
 # Needs Debian's ceph-mon, ceph-osd, radosgw and ceph-common (Ceph 16.2 on Debian 12). Run as root
 # where they are missing, it installs them with apt-get (CEPH_RGW_NO_INSTALL=1: never); otherwise
@@ -134,6 +136,11 @@ cmd_down() {
     [ -e "$dir" ] || return 0
     dir=$(cd "$dir" && pwd -P)
     if [ ! -f "$dir/ceph.conf" ] || [ ! -f "$dir/pids" ]; then
+        # Empty: made for an `up` that failed before writing anything (e.g. Ceph missing).
+        if [ -d "$dir" ] && [ -z "$(ls -A "$dir")" ]; then
+            rmdir -- "$dir"
+            return 0
+        fi
         die "$dir was not made by '$PROG up' (no ceph.conf and pids): not touching it"
     fi
     stop_all "$dir"
@@ -194,6 +201,10 @@ step() { echo "--- $(($(now_ms) - T0)) ms: $*" >>"$DIR/log/setup.out"; }
 on_exit_up() {
     local status=$?
     trap - EXIT
+    if [ -n "${MKFS_PID:-}" ]; then  # the OSD's mkfs, if still running: it writes into DIR
+        if ours "$MKFS_PID" "$DIR"; then kill -KILL "$MKFS_PID" 2>/dev/null || true; fi
+        wait "$MKFS_PID" 2>/dev/null || true
+    fi
     if [ "$status" -ne 0 ] && [ -n "${DIR:-}" ] && [ -d "$DIR" ]; then
         log "start-up failed (status $status); the logs' last lines:"
         local file
@@ -299,7 +310,7 @@ cmd_up() {
     # placement groups peer at once when it does; the OSD's mkfs meanwhile.
     step "osd id, pools and osd mkfs"
     ceph-osd -i 0 --mkfs --osd-uuid "$osd_uuid" -c "$DIR/ceph.conf" >>"$DIR/log/osd-mkfs.out" 2>&1 &
-    local mkfs=$!
+    MKFS_PID=$!
     {
         echo "osd new $osd_uuid 0"
         for pool in "${RGW_POOLS[@]}"; do
@@ -307,7 +318,8 @@ cmd_up() {
             echo "osd pool application enable $pool rgw"
         done
     } | timeout "$START_TIMEOUT" ceph -c "$DIR/ceph.conf" >>"$DIR/log/setup.out" 2>&1
-    wait "$mkfs"
+    wait "$MKFS_PID"
+    MKFS_PID=
 
     step "osd"
     start_daemon osd ceph-osd -f -i 0
