@@ -58,7 +58,7 @@ def put_counts(client: S3Client, bucket: str) -> Counter[str]:
     counts: Counter[str] = Counter()
     for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
         for version in page.get("Versions", ()):
-            if not is_run_state(version["Key"]):
+            if not is_run_state(version["Key"], BASE):
                 counts[version["Key"]] += 1
     return counts
 

@@ -17,6 +17,7 @@ from celery.bin.base import CLIContext
 from click.testing import CliRunner
 
 import celery_s3_envelope as cse
+from celery_s3_envelope.audit import scan
 from celery_s3_envelope.cli import envelope
 from celery_s3_envelope.cli_sources import Workspace
 from celery_s3_envelope.distributed import (
@@ -126,13 +127,19 @@ def test_a_shard_on_a_worker_with_another_active_kek_fails_with_its_range_and_re
     assert all(cse.inspect(store.get(key) or b"").kek_id == "k1" for key in keys)  # untouched
 
 
-def test_the_local_sweep_never_touches_a_runs_state(
+def test_sweeps_skip_the_runs_state_and_the_scan_shows_it(
     store: S3Store, keyring: cse.Keyring, both: cse.Keyring
 ) -> None:
     filled(store, keyring, 3)
-    RunState(store, BASE, "run-1").save_plan({"shards": []})
+    state = RunState(store, BASE, "run-1")
+    state.save_plan({"shards": []})
+    elsewhere = BASE + "sub/.envelope-runs/x.json"  # not this prefix's run state: swept
+    store.put(elsewhere, b'{"status": "SUCCESS"}')
     report = Rotation(store, both, prefix=BASE).run()
-    assert report.counts["scanned"] == 4
+    assert report.counts["scanned"] == 5 and report.counts["plaintext"] == 2
+    audit = scan(store, prefix=BASE)  # the audit hides nothing: listed, not a plaintext result
+    assert audit.counts["objects"] == 6 and audit.plaintext_keys.count(elsewhere) == 1
+    assert (state.folder + "run.json", "a distributed run's state (docs/scale.md)") in audit.foreign
 
 
 def test_resume_of_an_unknown_run_says_so(store: S3Store) -> None:

@@ -35,7 +35,15 @@ from .keyring import Keyring
 from .pipeline import Pipeline
 from .rotation import rewrite
 from .store import ObjectInfo, S3Store, is_missing_key, is_write_conflict
-from .sweep import DEFAULT_WORKERS, ObjectResult, Outcome, Sweep, SweepReport, describe_error
+from .sweep import (
+    DEFAULT_WORKERS,
+    ObjectResult,
+    Outcome,
+    Sweep,
+    SweepReport,
+    describe_error,
+    is_run_state,
+)
 
 CELERY_KEY_PREFIXES = ("celery-task-meta-", "celery-taskset-meta-", "chord-unlock-")
 HEADER_PROBE = 128
@@ -187,7 +195,10 @@ def read_head(store: S3Store, info: ObjectInfo) -> bytes | None:
     return head
 
 
-def scan_object(store: S3Store, info: ObjectInfo) -> ScanEntry:
+def scan_object(store: S3Store, info: ObjectInfo, *, prefix: str = "") -> ScanEntry:
+    if is_run_state(info.key, prefix):  # shown, never counted as a plaintext result
+        reason = "a distributed run's state (docs/scale.md)"
+        return ScanEntry(info.key, State.FOREIGN, info.size, info.last_modified, reason=reason)
     try:
         head = read_head(store, info)
     except ClientError as exc:  # one object S3 will not serve must not end the audit
@@ -207,9 +218,15 @@ def scan(
     on_result: Callable[[ScanEntry], None] | None = None,
 ) -> ScanReport:
     """Classify every object under ``prefix`` from its header alone (no keyring)."""
-    step = partial(scan_object, store)
+    step = partial(scan_object, store, prefix=prefix)
     return Sweep(
-        store, step, ScanReport(), prefix=prefix, workers=workers, on_result=on_result
+        store,
+        step,
+        ScanReport(),
+        prefix=prefix,
+        workers=workers,
+        on_result=on_result,
+        skip_run_state=False,  # the audit lists every object
     ).run()
 
 

@@ -5,7 +5,8 @@ task per shard, and merges the shard reports into the local command's report as 
 A shard task runs the very engine the local command runs (``Rotation`` / ``Migration`` /
 ``verify_object`` through ``Sweep``) over its own key range only.
 
-State lives in the bucket itself, beside the results and never swept (``sweep.RUNS_DIR``)::
+State lives in the bucket itself, beside the results (``sweep.RUNS_DIR``; skipped by every sweep
+but ``scan``, which lists it as foreign)::
 
     <prefix>.envelope-runs/<run id>/run.json        the plan and the options (driver)
     <prefix>.envelope-runs/<run id>/shard-<n>.json  counts, last key, state (shard task)
@@ -203,6 +204,7 @@ def run_shard(
         state.store,
         keyring,
         job.get("options", {}),
+        prefix=state.prefix,  # the listing is the shard's; the prefix places the run's state
         workers=int(job.get("options", {}).get("workers", 16)),
         listing=partial(shard.objects, state.store, resume_after=previous.get("last_key")),
     )

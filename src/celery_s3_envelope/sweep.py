@@ -25,12 +25,13 @@ if TYPE_CHECKING:  # botocore only where S3 is used: the CLI imports this module
 
 DEFAULT_WORKERS = 16
 RUNS_DIR = ".envelope-runs/"
-"""Where a distributed run keeps its state (``<prefix>.envelope-runs/<run id>/``): never swept."""
+"""Where a distributed run keeps its state (``<prefix>.envelope-runs/<run id>/``)."""
 
 
-def is_run_state(key: str) -> bool:
-    """A distributed run's own state document, which no bucket-wide command touches."""
-    return RUNS_DIR in key
+def is_run_state(key: str, prefix: str) -> bool:
+    """A distributed run's own state document under ``prefix``: no writing command touches it,
+    ``verify`` skips it, and ``scan`` lists it as foreign with that reason (never hidden)."""
+    return key.startswith(prefix + RUNS_DIR)
 
 
 class Outcome(StrEnum):
@@ -149,6 +150,7 @@ class Sweep(Generic[R, Rep]):
         resume_from: str | None = None,
         on_result: Callable[[R], None] | None = None,
         listing: Callable[[], Iterable[ObjectInfo]] | None = None,
+        skip_run_state: bool = True,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -164,6 +166,7 @@ class Sweep(Generic[R, Rep]):
         self.on_result = on_result
         self.listing = listing
         """The objects in key order instead of the prefix's listing (a distributed shard's)."""
+        self.skip_run_state = skip_run_state
 
     def objects(self) -> Iterator[ObjectInfo]:
         if self.listing is not None:
@@ -172,7 +175,7 @@ class Sweep(Generic[R, Rep]):
             listing = self.store.list(self.prefix, start_after=self.resume_from)
         count = 0
         for info in listing:
-            if is_run_state(info.key):
+            if self.skip_run_state and is_run_state(info.key, self.prefix):
                 continue
             if self.limit is not None and count >= self.limit:
                 return
