@@ -93,6 +93,21 @@ def s3_endpoint() -> Iterator[S3Endpoint]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def kms_endpoint() -> Iterator[str]:
+    """moto's KMS on 127.0.0.1, in a server of its own: KMS stays on moto whichever S3 server the
+    suite runs against (AWS_ENDPOINT_URL_KMS / envelope_kms_endpoint_url point here)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def server_puts(s3_endpoint: S3Endpoint) -> Iterator[Counter[str] | None]:
     """PutObject requests the moto server received during the test, from any process, as
