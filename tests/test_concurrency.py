@@ -2,6 +2,13 @@
 a rotation runs over the same prefix. Every result is readable, none is lost or crossed with
 another task's, and the rotation overwrites no result a worker wrote.
 
+That last race is made certain rather than left to timing: the rotation's first run reads a few
+objects that still hold a task's previous state, and is held between that read and its write
+(``HeldReads``) until the worker has stored the task's result there. Its write must then be
+refused (If-Match on the ETag it read): the result stays, and the object is counted as changed.
+The other old objects race the workers only as timing allows; the runs that follow find the
+workers' results already under the active KEK and leave them alone.
+
 The fast tier runs 200 tasks per pool; ``make test-all`` runs the issue's 2,000.
 """
 
@@ -10,8 +17,11 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery.result import AsyncResult, ResultSet
@@ -19,11 +29,61 @@ from celery.result import AsyncResult, ResultSet
 import celery_s3_envelope as cse
 from backend_helpers import S3Endpoint
 from celery_s3_envelope.rotation import Rotation
-from celery_s3_envelope.store import S3Store
+from celery_s3_envelope.store import Fetched, S3Store
+from celery_s3_envelope.sweep import ObjectResult, Outcome
 from e2e_app import secret
 from e2e_worker import RESULT_TIMEOUT, running_worker
 
 BASE = "e2e/results/"  # the e2e app's s3_base_path
+ROTATION_THREADS = 8
+HELD = 4
+"""Objects whose first read by the rotation is held: fewer than its threads, so it goes on."""
+
+
+def stored_meta(store: S3Store, key: str, keyring: cse.Keyring) -> dict[str, Any]:
+    body = store.get(key)
+    assert body is not None, key
+    meta: dict[str, Any] = json.loads(cse.unseal(body, keyring=keyring, key=key))
+    return meta
+
+
+class HeldReads:
+    """The store as the rotation in this process sees it: the first ``fetch`` of each of
+    ``keys`` returns what it read only once a worker has stored a result over it (a newer
+    object with status SUCCESS), so the rotation's write-back races that result for certain."""
+
+    def __init__(self, store: S3Store, keys: Iterable[str], keyring: cse.Keyring) -> None:
+        self._store = store
+        self._keyring = keyring
+        self._unread = set(keys)
+        self._lock = threading.Lock()
+        self.all_read = threading.Event()
+        self.never_overwritten: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def fetch(self, key: str) -> Fetched | None:
+        got = self._store.fetch(key)
+        with self._lock:
+            hold = key in self._unread
+            self._unread.discard(key)
+            if hold and not self._unread:
+                self.all_read.set()
+        if hold and got is not None:
+            self._until_result_stored(key, got.etag)
+        return got
+
+    def _until_result_stored(self, key: str, etag: str) -> None:
+        deadline = time.monotonic() + RESULT_TIMEOUT
+        while time.monotonic() < deadline:
+            now = self._store.fetch(key)
+            if now is not None and now.etag != etag:
+                meta = json.loads(cse.unseal(now.body, keyring=self._keyring, key=key))
+                if meta["status"] == "SUCCESS":
+                    return
+            time.sleep(0.05)
+        self.never_overwritten.append(key)
 
 
 def run_pool(
@@ -46,14 +106,29 @@ def run_pool(
         )  # fmt: skip
         store.put(key, cse.seal(meta, key=key, keyring=k1))
 
+    old_keys = {f"{BASE}celery-task-meta-{task_id}": n for n, task_id in enumerate(old_ids)}
+    held_keys = sorted(old_keys)[:HELD]  # listed first: read by the rotation's first threads
+    held = HeldReads(store, held_keys, both)
     stop = threading.Event()
+    first_run: dict[str, ObjectResult] = {}
+    first_run_done = threading.Event()
     rotations: list[int] = []
+    rotation_errors: list[BaseException] = []
 
     def rotate_until_stopped() -> None:
-        while not stop.is_set():
-            report = Rotation(store, both, prefix=BASE, workers=8).run()
-            assert report.ok, report.failures
-            rotations.append(report.counts["changed"])
+        try:
+            while not stop.is_set():
+                record = None if rotations else (lambda r: first_run.setdefault(r.key, r))
+                rotation = Rotation(
+                    held, both, prefix=BASE, workers=ROTATION_THREADS, on_result=record
+                )
+                report = rotation.run()
+                assert report.ok, report.failures
+                rotations.append(report.counts["changed"])
+                first_run_done.set()
+        except BaseException as exc:
+            rotation_errors.append(exc)
+            first_run_done.set()
 
     with running_worker(
         s3_endpoint, bucket, keyring_file, tmp_path, pool=pool, concurrency=concurrency
@@ -61,16 +136,35 @@ def run_pool(
         rotator = threading.Thread(target=rotate_until_stopped)
         rotator.start()
         try:
+            # The tasks go out only once the rotation holds its stale reads of the held objects.
+            assert held.all_read.wait(RESULT_TIMEOUT), "the rotation never read the held objects"
             echo = worker.app.tasks["e2e.echo"]
             sent = [echo.apply_async((n, token), task_id=old_ids[n]) for n in range(len(old_ids))]
             sent += [echo.delay(n, token) for n in range(len(old_ids), tasks)]
+            deadline = time.monotonic() + RESULT_TIMEOUT
+            while not first_run_done.wait(0.5):
+                worker.check()
+                assert time.monotonic() < deadline, "the rotation's first run did not finish"
+            assert not rotation_errors, rotation_errors
+            assert not held.never_overwritten, held.never_overwritten
+            # Each held write-back came after the worker's result: refused, not written, and
+            # counted as changed.
+            for key in held_keys:
+                meta = stored_meta(store, key, both)
+                n = old_keys[key]
+                assert (meta["status"], meta["result"]) == (
+                    "SUCCESS", {"number": n, "secret": secret("result", token, n)}
+                ), f"the rotation overwrote the result of task {n}"  # fmt: skip
+            assert {key: first_run[key].outcome for key in held_keys} == dict.fromkeys(
+                held_keys, Outcome.CHANGED
+            )
             ResultSet(sent, app=worker.app).join_native(
                 timeout=RESULT_TIMEOUT * 3, propagate=True, on_interval=worker.check
             )
         finally:
             stop.set()
             rotator.join(timeout=120)
-        assert rotations, "the rotation ran during the workload"
+        assert not rotation_errors, rotation_errors
         for n, result in enumerate(sent):
             fresh = AsyncResult(result.id, app=worker.app)
             worker.app.backend._cache.clear()

@@ -146,6 +146,54 @@ def test_splicing_slot_and_payload_between_envelopes_is_refused() -> None:
         cse.unseal(pack(a.header, bytes(b.ciphertext)), keyring=KEYRING, key=KEY)
 
 
+def _relabelled(envelope: bytes, kek_id: str) -> bytes:
+    """``envelope`` with only its key slot's KEK id changed (wrap method and body kept)."""
+    parts = unpack(envelope)
+    header = parts.header
+    slot = header.with_slot(
+        wrap_method=header.wrap_method, kek_id=kek_id, wrap_body=header.wrap_body
+    )
+    return pack(slot, bytes(parts.ciphertext))
+
+
+# One keyring, two KEKs with their own material: k1 active, k2 decrypt (a rotation under way).
+TWO_KEKS = KEYRING.with_entry(cse.LocalKey("k2", os.urandom(32), cse.KeyState.DECRYPT))
+
+
+@pytest.mark.parametrize(("sealed_under", "relabelled_to"), [("k1", "k2"), ("k2", "k1")])
+def test_key_slot_relabelled_to_another_kek_of_the_same_keyring_is_refused(
+    sealed_under: str, relabelled_to: str
+) -> None:
+    """Both KEKs exist and open envelopes, so the lookup succeeds (no ``UnknownKey``): the
+    wrap made under one KEK must not open under the other."""
+    sealer = TWO_KEKS.with_state(sealed_under, cse.KeyState.ACTIVE)
+    envelope = cse.seal("relabel me", key=KEY, keyring=sealer)
+    forged = _relabelled(envelope, relabelled_to)
+    assert cse.inspect(forged).kek_id == relabelled_to
+    for reader in (TWO_KEKS, sealer):  # whichever KEK is active at the reader
+        assert cse.unseal(envelope, keyring=reader, key=KEY) == "relabel me"
+        with pytest.raises(cse.IntegrityError, match=repr(relabelled_to)):
+            cse.unseal(forged, keyring=reader, key=KEY)
+        with pytest.raises(cse.IntegrityError):
+            cse.unseal(forged, keyring=reader)  # offline decode too
+
+
+def test_key_slot_relabelled_to_another_id_of_the_same_key_material_is_refused() -> None:
+    """The same material listed under two ids (a key imported again under a new name): only
+    the KEK id bound into the wrapping key tells the slots apart."""
+    material = os.urandom(32)
+    aliased = cse.Keyring(
+        [
+            cse.LocalKey("k1", material, cse.KeyState.ACTIVE),
+            cse.LocalKey("k1-copy", material, cse.KeyState.DECRYPT),
+        ]
+    )
+    envelope = cse.seal("relabel me", key=KEY, keyring=aliased)
+    assert cse.unseal(envelope, keyring=aliased, key=KEY) == "relabel me"
+    with pytest.raises(cse.IntegrityError, match="'k1-copy'"):
+        cse.unseal(_relabelled(envelope, "k1-copy"), keyring=aliased, key=KEY)
+
+
 ENVELOPES = st.sampled_from(list(SEALED.values()))
 
 
