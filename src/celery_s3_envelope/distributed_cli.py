@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -20,31 +21,24 @@ from .ops_cli import print_sweep
 from .shards import Shard
 
 
+@dataclass(frozen=True)
 class DistributedCall:
     """The ``--distributed`` / ``--resume RUN_ID`` path of a bucket-wide command: send the
     shards to the app's workers, show each shard as it ends, print the merged report."""
 
-    def __init__(
-        self,
-        workspace: Workspace,
-        target: Prefix,
-        shards: int,
-        queue: str | None,
-        resume_run: str | None,
-        timeout: float | None,
-        as_json: bool,
-    ) -> None:
-        if workspace.app is None:
+    workspace: Workspace
+    target: Prefix
+    shards: int
+    queue: str | None
+    resume_run: str | None
+    timeout: float | None
+    as_json: bool
+
+    def __post_init__(self) -> None:
+        if self.workspace.app is None:
             raise click.UsageError(
                 "--distributed runs on the app's workers: run as `celery -A proj envelope`"
             )
-        self.workspace = workspace
-        self.target = target
-        self.shards = shards
-        self.queue = queue
-        self.resume_run = resume_run
-        self.timeout = timeout
-        self.as_json = as_json
 
     def __call__(self, operation: str, keyring: Keyring, options: dict[str, Any]) -> None:
         backend = self.workspace.backend()
