@@ -5,20 +5,69 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from celery import Celery
 
 import celery_s3_envelope as cse
-from backend_helpers import S3Endpoint, count_requests
-from celery_s3_envelope.audit import Migration, State, failure_classes, scan, verify
+from backend_helpers import S3Endpoint
+from celery_s3_envelope.audit import (
+    HEADER_PROBE,
+    Migration,
+    State,
+    failure_classes,
+    scan,
+    verify,
+)
 from celery_s3_envelope.store import S3Store
 from celery_s3_envelope.sweep import Outcome
 
 BASE = "results/"
+
+
+@dataclass
+class WireReads:
+    gets: list[tuple[str, str | None]] = field(default_factory=list)
+    """(URL, Range header) of every GetObject request sent."""
+    body_bytes: Counter[str] = field(default_factory=Counter)
+    """Object key -> body bytes S3 sent back (Content-Length), over all GetObject calls."""
+
+
+@contextmanager
+def wire_reads(client: Any) -> Iterator[WireReads]:
+    """Count what ``client``'s GetObject calls put on the wire, whichever store method made them."""
+    seen = WireReads()
+    lock = threading.Lock()
+
+    def note_key(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["wire_reads_key"] = params["Key"]
+
+    def sent(request: Any, **_: Any) -> None:
+        value = request.headers.get("Range")
+        seen.gets.append((request.url, value.decode() if isinstance(value, bytes) else value))
+
+    def received(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        with lock:
+            seen.body_bytes[context["wire_reads_key"]] += int(parsed["ContentLength"])
+
+    handlers = (
+        ("before-parameter-build.s3.GetObject", note_key),
+        ("before-send.s3.GetObject", sent),
+        ("after-call.s3.GetObject", received),
+    )
+    for event, handler in handlers:
+        client.meta.events.register(event, handler)
+    try:
+        yield seen
+    finally:
+        for event, handler in handlers:
+            client.meta.events.unregister(event, handler)
 
 
 @pytest.fixture
@@ -80,18 +129,8 @@ def test_scan_counts_each_kind_then_migrate_leaves_no_plaintext(
     make_app: Callable[..., Celery],
 ) -> None:
     """One bucket of 300 stock results, 300 under k1, 300 under k2 and 5 junk objects."""
-    read: list[tuple[str, int]] = []
-    original = store.get_range
-
-    def counted(key: str, start: int, end: int) -> bytes | None:
-        data = original(key, start, end)
-        read.append((key, len(data or b"")))
-        return data
-
-    store.get_range = counted  # type: ignore[method-assign]
-    with count_requests(store.client) as requests:
+    with wire_reads(store.client) as wire:
         report = scan(store, prefix=BASE)
-    store.get_range = original  # type: ignore[method-assign]
 
     counts = report.to_dict()
     assert (counts["objects"], counts["sealed"], counts["plaintext"], counts["foreign"]) == (
@@ -103,15 +142,20 @@ def test_scan_counts_each_kind_then_migrate_leaves_no_plaintext(
     by_kek = {(g["kek_id"], g["version"]): g["objects"] for g in counts["sealed_by_kek"]}
     assert by_kek == {("k1", 1): 300, ("k2", 1): 300}
     assert report.plaintext_found and sorted(k for k, _ in report.foreign) == mixed_bucket["junk"]
-    # Only ranged GETs, one per object, none reading a sealed object past its header.
-    gets = [url for method, url in requests.sent if method == "GET" and "list-type" not in url]
-    assert len(gets) == 905
+    # What went over the wire: one GetObject per object, each with a Range header, and no more
+    # body bytes than the header probe; a sealed object is never read in full.
+    assert len(wire.gets) == 905 and all(rng for _, rng in wire.gets), wire.gets[:3]
     sizes = {info.key: info.size for info in store.list(BASE)}
-    bodies = store.get_many(key for key, _ in read)
-    for key, count in read:  # a sealed object's read ends within 18 bytes after its header
+    assert set(wire.body_bytes) == set(sizes)
+    bodies = store.get_many(sizes)
+    for key, count in wire.body_bytes.items():
+        probe = min(sizes[key], HEADER_PROBE + len(key.encode()))
         data = bodies[key] or b""
         if data[:4] == b"\xe5CSE":
-            assert count <= cse.inspect(data).header_size + 18 < sizes[key], (key, count)
+            assert count <= max(cse.inspect(data).header_size, probe), (key, count)
+            assert count < sizes[key], (key, count)  # the payload stays on the server
+        else:
+            assert count <= probe, (key, count)
 
     # Then migrate, with a live worker rewriting ten of the stock results meanwhile.
     _, both = keyrings
@@ -176,3 +220,38 @@ def test_migrate_dry_run_writes_nothing(
     report = Migration(store, keyrings[1], prefix=BASE, dry_run=True).run()
     assert report.counts[Outcome.SEALED] == 30
     assert {info.key: info.etag for info in store.list(BASE)} == before
+
+
+def test_migrate_seals_only_celery_result_keys_and_leaves_other_files_byte_identical(
+    s3_endpoint: S3Endpoint,
+    bucket: str,
+    store: S3Store,
+    keyrings: tuple[cse.Keyring, cse.Keyring],
+    make_app: Callable[..., Celery],
+) -> None:
+    """A README or a JSON config kept under the prefix is text, not a result: never sealed."""
+    readme, config = f"{BASE}README.md", f"{BASE}config/settings.json"
+    others = {
+        readme: b"# Results bucket\n\nWritten by the billing workers.\n",
+        config: b'{"status": "SUCCESS", "retention_days": 30}',
+    }
+    for key, body in others.items():
+        store.put(key, body)
+    stock = stock_app(s3_endpoint, bucket).backend
+    stock.store_result("legacy-1", {"n": 1}, "SUCCESS")
+    prefixed = f"{BASE}billing_celery-task-meta-legacy-2"  # under a global_keyprefix
+    store.put(prefixed, b'{"status": "SUCCESS", "result": 2}')
+    etags = {info.key: info.etag for info in store.list(BASE)}
+
+    report = Migration(store, keyrings[1], prefix=BASE).run()
+
+    assert report.ok, report.failures
+    assert report.counts[Outcome.SEALED] == 2 and report.counts[Outcome.FOREIGN] == 2
+    for key, body in others.items():
+        assert store.get(key) == body
+    assert {info.key: info.etag for info in store.list(BASE) if info.key in others} == {
+        key: etags[key] for key in others
+    }
+    ours = make_app(s3_base_path=BASE, envelope_keyring=keyrings[1]).backend
+    assert ours.get_task_meta("legacy-1")["result"] == {"n": 1}  # sealed, and still the value
+    assert cse.inspect(store.get(prefixed) or b"").kek_id == "k2"

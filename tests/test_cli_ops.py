@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import boto3
 import pytest
 from celery import Celery
 from celery.bin.base import CLIContext
@@ -15,6 +16,7 @@ from click.testing import CliRunner, Result
 import celery_s3_envelope as cse
 from backend_helpers import S3Endpoint
 from celery_s3_envelope.cli import envelope
+from celery_s3_envelope.kms import KmsKey, parse_kms_body
 from celery_s3_envelope.store import S3Store
 
 PREFIX = "celery/"
@@ -110,3 +112,92 @@ def test_celery_subcommand_uses_the_apps_settings(
     rotated = run("rotate", "--json", app=app)
     assert rotated.exit_code == 0, rotated.output
     assert json.loads(rotated.stdout)["current"] == 1  # the app's keyring is the target
+
+
+# -- KMS KEKs ---------------------------------------------------------------------------------
+
+
+def kms_key_arn(kms_endpoint: str) -> str:
+    client = boto3.client(
+        "kms",
+        endpoint_url=kms_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    return str(client.create_key()["KeyMetadata"]["Arn"])
+
+
+def kms_slots(store: S3Store, keys: list[str]) -> list[tuple[str, bytes]]:
+    """(scope, KMS blob) of each object's key slot."""
+    slots = [parse_kms_body(cse.inspect(store.get(key) or b"").wrap_body) for key in keys]
+    return [(scope, blob) for scope, blob, _ in slots]
+
+
+def test_celery_subcommand_calls_kms_with_the_apps_settings(
+    make_app: Callable[..., Celery],
+    kms_endpoint: str,
+    store: S3Store,
+    keyring: cse.Keyring,
+    tmp_path: Path,
+) -> None:
+    """`celery -A proj envelope rotate|migrate|scan --verify --keyring FILE`, the file naming a
+    KMS KEK: KMS is reached as the backend reaches it (envelope_kms_endpoint_url and _region, the
+    cache bounds, the app's credentials), not through boto3's environment, which is empty here."""
+    arn = kms_key_arn(kms_endpoint)
+    app = make_app(
+        s3_base_path=PREFIX,
+        envelope_kms_endpoint_url=kms_endpoint,
+        envelope_kms_region="us-east-1",
+        envelope_kms_cache_uses=0,  # one data key per envelope: shows the setting is honoured
+    )
+    keys = [f"{PREFIX}celery-task-meta-{i}" for i in range(4)]
+    for key in keys:
+        store.put(key, cse.seal(f"value of {key}", key=key, keyring=keyring))
+    legacy = f"{PREFIX}celery-task-meta-legacy"
+    store.put(legacy, b'{"status": "SUCCESS", "result": "value of the legacy one"}')
+    path = tmp_path / "with-kms.json"
+    keyring.with_entry(KmsKey("kms-1", arn, cse.KeyState.ACTIVE), activate=True).to_file(path)
+
+    rotated = run("rotate", "--keyring", path, "--workers", "1", "--json", app=app)
+    assert rotated.exit_code == 0, rotated.output
+    assert json.loads(rotated.stdout)["rewrapped"] == 4
+    migrated = run("migrate", "--keyring", path, "--workers", "1", "--json", app=app)
+    assert migrated.exit_code == 0, migrated.output
+    assert json.loads(migrated.stdout)["sealed"] == 1
+
+    slots = kms_slots(store, [*keys, legacy])
+    assert {scope for scope, _ in slots} == {f"{store.bucket}/{PREFIX}"}
+    assert len({blob for _, blob in slots}) == 5  # envelope_kms_cache_uses = 0
+    scanned = run("scan", "--verify", "--keyring", path, "--json", app=app)
+    assert scanned.exit_code == 0, scanned.output
+    report = json.loads(scanned.stdout)
+    assert report["verify"]["verified"] == 5 and report["verify"]["failed"] == 0
+    assert "value of" not in scanned.output
+
+
+def test_standalone_commands_call_kms_through_boto3s_environment(
+    store: S3Store,
+    keyring: cse.Keyring,
+    tmp_path: Path,
+    s3_args: list[str],
+    kms_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without an app: AWS_ENDPOINT_URL_KMS and AWS_DEFAULT_REGION, as docs/cli.md says."""
+    arn = kms_key_arn(kms_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", kms_endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    keys = [f"{PREFIX}celery-task-meta-{i}" for i in range(2)]
+    for key in keys:
+        store.put(key, cse.seal(f"value of {key}", key=key, keyring=keyring))
+    path = tmp_path / "with-kms.json"
+    keyring.with_entry(KmsKey("kms-1", arn, cse.KeyState.ACTIVE), activate=True).to_file(path)
+
+    rotated = run("rotate", "--keyring", path, "--json", *s3_args)
+    assert rotated.exit_code == 0, rotated.output
+    assert json.loads(rotated.stdout)["rewrapped"] == 2
+    assert {scope for scope, _ in kms_slots(store, keys)} == {f"{store.bucket}/{PREFIX}"}
+    scanned = run("scan", "--verify", "--keyring", path, "--json", *s3_args)
+    assert scanned.exit_code == 0, scanned.output
+    assert json.loads(scanned.stdout)["verify"]["verified"] == 2

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +12,15 @@ import boto3
 import pytest
 from celery import states
 from click.testing import CliRunner
-from moto.server import ThreadedMotoServer
 
 import celery_s3_envelope as cse
 from celery_s3_envelope.cli import envelope as cli_group
 from celery_s3_envelope.envelope import WrapMethod, pack, unpack
 from celery_s3_envelope.kms import KmsError, KmsKey, KmsProvider, parse_kms_body
 from celery_s3_envelope.pipeline import Pipeline
+from celery_s3_envelope.rotation import Rotation
+from celery_s3_envelope.store import S3Store
+from celery_s3_envelope.sweep import Outcome
 
 KEY = "celery-task-meta-3e1f0a2b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"
 
@@ -46,12 +47,18 @@ class CountingKms:
         self._keys[blob] = (plaintext, kw["EncryptionContext"])
         return {"Plaintext": plaintext, "CiphertextBlob": blob}
 
+    refusal: str | None = None
+    """When set, Decrypt fails with this KMS error code (moto never refuses a disabled key)."""
+
     def decrypt(self, **kw: Any) -> dict[str, bytes]:
+        from botocore.exceptions import ClientError
+
         self.decrypted += 1
+        if self.refusal is not None:
+            error = {"Code": self.refusal, "Message": f"{kw['KeyId']} is disabled."}
+            raise ClientError({"Error": error}, "Decrypt")
         plaintext, context = self._keys[kw["CiphertextBlob"]]
         if context != kw["EncryptionContext"]:
-            from botocore.exceptions import ClientError
-
             raise ClientError({"Error": {"Code": "InvalidCiphertextException"}}, "Decrypt")
         return {"Plaintext": plaintext}
 
@@ -81,6 +88,38 @@ def test_cache_entry_past_its_age_is_not_used_again() -> None:
     clock.now += 0.2
     cse.seal("c", key=KEY, keyring=keyring)
     assert kms.generated == 2
+
+
+def test_cached_decrypt_past_its_age_is_not_used_again() -> None:
+    """A KMS key disabled meanwhile stops opening results in a running process once the cached
+    Decrypt result is older than ``cache_seconds``: the bound docs/security.md states."""
+    kms, clock = CountingKms(), FakeClock()
+    keyring, _ = fake_keyring(kms, cache_seconds=60, cache_uses=1000, clock=clock)
+    envelope = cse.seal("still readable", key=KEY, keyring=keyring)
+    assert cse.unseal(envelope, keyring=keyring, key=KEY) == "still readable"
+    assert kms.decrypted == 1
+    kms.refusal = "DisabledException"
+    clock.now += 59.9
+    assert cse.unseal(envelope, keyring=keyring, key=KEY) == "still readable"  # cached
+    assert kms.decrypted == 1
+    clock.now += 0.2
+    with pytest.raises(KmsError) as caught:
+        cse.unseal(envelope, keyring=keyring, key=KEY)
+    assert kms.decrypted == 2 and caught.value.code == "DisabledException"
+
+
+def test_decrypt_refused_for_a_disabled_key_names_the_kek_and_the_code() -> None:
+    kms = CountingKms()
+    writer, _ = fake_keyring(kms)
+    envelope = cse.seal("secret-value", key=KEY, keyring=writer)
+    kms.refusal = "DisabledException"
+    reader, _ = fake_keyring(kms)  # another process: nothing cached
+    with pytest.raises(KmsError) as caught:
+        cse.unseal(envelope, keyring=reader, key=KEY)
+    assert (caught.value.kek_id, caught.value.code) == ("kms-1", "DisabledException")
+    assert "'kms-1'" in str(caught.value) and "DisabledException" in str(caught.value)
+    assert "secret-value" not in f"{caught.value} {caught.value!r}"
+    assert kms.decrypted == 1
 
 
 def test_cache_entry_past_its_uses_is_not_used_again() -> None:
@@ -125,15 +164,16 @@ def test_changed_scope_in_the_slot_fails_at_kms_and_names_the_kek() -> None:
 # -- against moto's KMS server --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def kms_endpoint() -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+def kms_from_environment(monkeypatch: pytest.MonkeyPatch, kms_endpoint: str) -> None:
+    """KMS configured as a fresh process finds it: boto3's usual environment only."""
+    for name, value in {
+        "AWS_ENDPOINT_URL_KMS": kms_endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("celery_s3_envelope.kms._default_provider", None)
 
 
 @pytest.fixture
@@ -217,15 +257,7 @@ def test_offline_decode_with_a_keyring_file_naming_the_kms_key(
     path = tmp_path / "keys.json"
     kms_keyring(arn, counted_provider(kms_endpoint, [])).to_file(path)
     assert arn in path.read_text() and '"key"' not in path.read_text()
-    # A fresh process would configure KMS through boto3's usual environment.
-    for name, value in {
-        "AWS_ENDPOINT_URL_KMS": kms_endpoint,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr("celery_s3_envelope.kms._default_provider", None)
+    kms_from_environment(monkeypatch, kms_endpoint)
     assert cse.unseal(envelope, keyring=cse.Keyring.from_file(path)) == "offline"
 
 
@@ -247,14 +279,7 @@ def test_cli_decode_of_a_kms_envelope_needs_kms_and_says_so_in_one_line(
     (line,) = offline.stderr.strip().splitlines()
     assert str(sealed) in line and "KMS request failed" in line
     assert "Traceback" not in offline.output and "offline" not in offline.stdout
-    for name, value in {
-        "AWS_ENDPOINT_URL_KMS": kms_endpoint,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr("celery_s3_envelope.kms._default_provider", None)
+    kms_from_environment(monkeypatch, kms_endpoint)
     online = CliRunner().invoke(cli_group, args)
     assert online.exit_code == 0, online.output
     assert online.stdout == "offline"
@@ -282,6 +307,56 @@ def test_mixed_keyring_rewraps_local_to_kms_and_back(kms_endpoint: str, kms_clie
     assert bytes(unpack(moved).ciphertext) == bytes(parts.ciphertext)  # payload untouched
     only_kms = cse.Keyring([KmsKey("kms-1", arn, cse.KeyState.ACTIVE, provider=provider)])
     assert cse.unseal(moved, keyring=only_kms, key=KEY) == "moving"
+
+
+def test_rotation_moves_500_results_from_a_local_kek_to_kms_and_back(
+    kms_endpoint: str, kms_client: Any, store: S3Store
+) -> None:
+    arn = kms_client.create_key()["KeyMetadata"]["Arn"]
+    prefix = "rotating/"
+
+    def provider() -> KmsProvider:  # a fresh process's: nothing cached
+        return KmsProvider(
+            endpoint_url=kms_endpoint,
+            region="us-east-1",
+            access_key_id="testing",
+            secret_access_key="testing",
+            scope=f"{store.bucket}/{prefix}",
+        )
+
+    local = cse.LocalKey("local-1", os.urandom(32), cse.KeyState.ACTIVE)
+    on_local = cse.Keyring([local, KmsKey("kms-1", arn, cse.KeyState.DECRYPT)]).with_kms(provider())
+    keys = [f"{prefix}celery-task-meta-{i:04d}" for i in range(500)]
+    values = {key: json.dumps({"status": "SUCCESS", "result": key}) for key in keys}
+
+    def put(key: str) -> bytes:
+        envelope = cse.seal(values[key], key=key, keyring=on_local)
+        store.put(key, envelope)
+        return bytes(unpack(envelope).ciphertext)
+
+    with ThreadPoolExecutor(16) as pool:
+        payloads = dict(zip(keys, pool.map(put, keys), strict=True))
+
+    def assert_all_under(kek_id: str, reader: cse.Keyring) -> None:
+        stored = store.get_many(keys)
+        assert {cse.inspect(stored[key] or b"").kek_id for key in keys} == {kek_id}
+        for key in keys:
+            data = stored[key] or b""
+            assert cse.unseal(data, keyring=reader, key=key) == values[key]
+            assert bytes(unpack(data).ciphertext) == payloads[key]  # rewrapped, not re-encrypted
+
+    on_kms = on_local.with_state("kms-1", cse.KeyState.ACTIVE)
+    to_kms = Rotation(store, on_kms, prefix=prefix, workers=16).run()
+    assert to_kms.ok, to_kms.failures
+    assert to_kms.counts[Outcome.REWRAPPED] == 500
+    only_kms = cse.Keyring([KmsKey("kms-1", arn, cse.KeyState.ACTIVE)]).with_kms(provider())
+    assert_all_under("kms-1", only_kms)
+
+    back = on_kms.with_state("local-1", cse.KeyState.ACTIVE)
+    to_local = Rotation(store, back, prefix=prefix, workers=16).run()
+    assert to_local.ok, to_local.failures
+    assert to_local.counts[Outcome.REWRAPPED] == 500
+    assert_all_under("local-1", cse.Keyring([local]))
 
 
 def test_kms_entries_show_no_secrets() -> None:

@@ -58,10 +58,19 @@ class State(StrEnum):
     UNREADABLE = "unreadable"  # S3 would not serve it (archived, access denied...): unknown
 
 
+NOT_A_RESULT_KEY = "not a Celery result key: left as it is"
+
+
+def is_celery_result_key(key: str) -> bool:
+    """True when the key's last part holds one of Celery's result key prefixes (after any
+    ``global_keyprefix``): the only objects ``migrate`` may seal."""
+    name = key.rsplit("/", 1)[-1]
+    return any(prefix in name for prefix in CELERY_KEY_PREFIXES)
+
+
 def looks_like_celery_plaintext(key: str, head: bytes) -> bool:
     """True for what the stock backend writes: a Celery result key, or text / pickle bytes."""
-    name = key.rsplit("/", 1)[-1]
-    if any(prefix in name for prefix in CELERY_KEY_PREFIXES):
+    if is_celery_result_key(key):
         return True
     if head[:1] == b"\x80":  # pickle protocol 2+
         return True
@@ -299,12 +308,18 @@ def migrate_object(
     *,
     dry_run: bool = False,
 ) -> ObjectResult:
-    """Seal one plaintext object in place under the active KEK, with ``If-Match`` on its ETag.
+    """Seal one plaintext Celery result in place under the active KEK, with ``If-Match`` on its
+    ETag.
 
-    The value is sealed as text when it is UTF-8 (what the stock backend returns for text
-    serializers), else as bytes; the backend returns either as the app's serializer expects.
+    Only keys Celery writes results under are considered: anything else under the prefix (a
+    README, a JSON config, another application's files) is counted *foreign* without being
+    read, even when it is text that ``scan`` reports as plaintext. The value is sealed as text
+    when it is UTF-8 (what the stock backend returns for text serializers), else as bytes; the
+    backend returns either as the app's serializer expects.
     """
     key = info.key
+    if not is_celery_result_key(key):
+        return ObjectResult(key, Outcome.FOREIGN, reason=NOT_A_RESULT_KEY)
     try:
         got = store.fetch(key)
     except ClientError as exc:
@@ -339,7 +354,7 @@ def migrate_object(
 
 
 class Migration(Sweep[ObjectResult, SweepReport]):
-    """Seal every plaintext object under a prefix; ``sweep_options`` are ``Sweep``'s."""
+    """Seal every plaintext Celery result under a prefix; ``sweep_options`` are ``Sweep``'s."""
 
     def __init__(
         self,

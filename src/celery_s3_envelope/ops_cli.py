@@ -92,18 +92,40 @@ def _target(ctx: click.Context, options: dict[str, Any]) -> tuple[Workspace, Pre
 def _writing_keyring(workspace: Workspace, target: Prefix, path: Path | None) -> Keyring:
     """The keyring that seals: KMS entries bound to the target's scope (``bucket/prefix``), as
     the backend binds them to ``bucket/base_path``, so key policies conditioned on the scope keep
-    working for what rotate and migrate write. Under ``celery envelope`` the app's backend has
-    already done this."""
+    working for what rotate and migrate write."""
     try:
         keyring = workspace.keyring(path)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    if keyring.uses_kms and (workspace.app is None or path is not None):
+    return _with_kms(workspace, target, keyring)
+
+
+def _with_kms(workspace: Workspace, target: Prefix, keyring: Keyring) -> Keyring:
+    """``keyring`` with its KMS entries calling KMS as the app's backend would: under
+    ``celery -A proj envelope``, the app's ``envelope_kms_*`` settings (endpoint, region, cache
+    bounds) and S3 credentials, through ``kms_provider_from_settings``; standalone, boto3's usual
+    chain (``AWS_ENDPOINT_URL_KMS``, ``AWS_DEFAULT_REGION``, credentials) with ``--region``."""
+    if not keyring.uses_kms:
+        return keyring
+    scope = f"{target.bucket}/{target.prefix}"
+    if workspace.app is None:
         from .kms import KmsProvider
 
-        scope = f"{target.bucket}/{target.prefix}"
-        keyring = keyring.with_kms(KmsProvider(region=workspace.options.region, scope=scope))
-    return keyring
+        return keyring.with_kms(KmsProvider(region=workspace.options.region, scope=scope))
+    from celery.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
+
+    from .backend import SCHEME, SETTINGS, kms_provider_from_settings, settings_from_url
+
+    conf = workspace.app.conf
+    settings: dict[str, Any] = {name: conf.get(name) for name in SETTINGS}
+    url = conf.get("result_backend")
+    try:
+        if isinstance(url, str) and url.startswith(f"{SCHEME}://"):
+            settings.update(settings_from_url(url))  # the backend's URL overrides app.conf
+        provider = kms_provider_from_settings(settings, scope)
+    except ImproperlyConfigured as exc:
+        raise click.ClickException(f"KMS settings: {exc}") from None
+    return keyring.with_kms(provider)
 
 
 class Progress:
@@ -376,7 +398,7 @@ def scan(
         return
     store = workspace.store(target.bucket)
     try:
-        keyring = workspace.keyring(keyring_path) if verify else None
+        keyring = _with_kms(workspace, target, workspace.keyring(keyring_path)) if verify else None
         report = _run(
             "scan",
             as_json,
