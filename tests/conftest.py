@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 import pytest
 from celery import Celery
@@ -40,13 +38,9 @@ class _Serialized:
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
         self.lock = threading.Lock()
-        self.watchers: list[Callable[[dict[str, Any]], None]] = []
-        """Called with each request's WSGI environ, in arrival order (``server_puts``)."""
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         with self.lock:
-            for watch in self.watchers:
-                watch(environ)
             response = self.app(environ, start_response)
             try:
                 return list(response)
@@ -54,10 +48,6 @@ class _Serialized:
                 close = getattr(response, "close", None)
                 if close is not None:
                     close()
-
-
-_SERVED: dict[Any, _Serialized] = {}
-"""The moto server of this session and its WSGI wrapper (none with a real server)."""
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +68,7 @@ def s3_endpoint() -> Iterator[S3Endpoint]:
     server.start()
     wsgi_server = server._server  # moto does not expose it; wrap before any request arrives
     assert wsgi_server is not None
-    wsgi_server.app = _SERVED[server] = _Serialized(wsgi_server.app)
+    wsgi_server.app = _Serialized(wsgi_server.app)
     host, port = server.get_host_and_port()
     try:
         yield S3Endpoint(
@@ -89,7 +79,6 @@ def s3_endpoint() -> Iterator[S3Endpoint]:
             is_moto=True,
         )
     finally:
-        _SERVED.pop(server, None)
         server.stop()
 
 
@@ -106,29 +95,6 @@ def kms_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
-
-
-@pytest.fixture
-def server_puts(s3_endpoint: S3Endpoint) -> Iterator[Counter[str] | None]:
-    """PutObject requests the moto server received during the test, from any process, as
-    ``"bucket/key"`` -> count; None on a real server (count there with a versioned bucket)."""
-    if not s3_endpoint.is_moto or not _SERVED:
-        yield None
-        return
-    counts: Counter[str] = Counter()
-
-    def watch(environ: dict[str, Any]) -> None:
-        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        put_object = set(query) <= {"x-id"} and query.get("x-id", ["PutObject"]) == ["PutObject"]
-        if environ["REQUEST_METHOD"] == "PUT" and put_object:  # path-style: /bucket/key
-            counts[environ.get("PATH_INFO", "").lstrip("/")] += 1
-
-    (served,) = _SERVED.values()
-    served.watchers.append(watch)
-    try:
-        yield counts
-    finally:
-        served.watchers.remove(watch)
 
 
 @pytest.fixture(autouse=True)

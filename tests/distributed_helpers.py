@@ -1,5 +1,5 @@
-"""Set-up for the distributed tests: a versioned bucket (its versions count the PUTs), envelopes
-spread over Celery's three key prefixes plus objects of unknown shape, and the worker's pool."""
+"""Set-up for the distributed tests: envelopes spread over Celery's three key prefixes plus
+objects of unknown shape, a bucket per run, the workers' PUTs counted, and the worker's pool."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import celery_s3_envelope as cse
+from backend_helpers import empty_bucket
 from celery_s3_envelope.shards import CELERY_PREFIXES
 from celery_s3_envelope.store import S3Store
-from celery_s3_envelope.sweep import is_run_state
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -53,35 +53,22 @@ def fill(
         list(pool.map(put, envelopes + others))
 
 
-def put_counts(client: S3Client, bucket: str) -> Counter[str]:
-    """Versions per key (a PUT each), the run's own state documents left out."""
-    counts: Counter[str] = Counter()
-    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        for version in page.get("Versions", ()):
-            if not is_run_state(version["Key"], BASE):
-                counts[version["Key"]] += 1
-    return counts
-
-
 @contextmanager
-def versioned_bucket(client: S3Client, *, versioned: bool = True) -> Iterator[str]:
-    """A bucket whose versions count the PUTs, on a real server (on moto the ``server_puts``
-    fixture counts them: moto's versioned store does not scale to 10⁴ objects)."""
+def fresh_bucket(client: S3Client) -> Iterator[str]:
+    """A bucket of its own for one run, emptied and deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:20]}"
     client.create_bucket(Bucket=name)
-    if versioned:
-        client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     try:
         yield name
     finally:
-        while True:  # the first page again each time: deleting shifts the pages
-            page = client.list_object_versions(Bucket=name)
-            items = [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]
-            if not items:
-                break
-            objects = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in items]
-            client.delete_objects(Bucket=name, Delete={"Objects": objects, "Quiet": True})
+        empty_bucket(client, name)
         client.delete_bucket(Bucket=name)
+
+
+def worker_puts(log: Path, bucket: str, keys: list[str]) -> Counter[str]:
+    """PUTs the workers made to ``keys`` of ``bucket`` (``e2e_app.PUT_LOG_VARIABLE``)."""
+    lines = Counter(log.read_text(encoding="utf-8").splitlines()) if log.exists() else Counter()
+    return Counter({key: lines[f"{bucket}/{key}"] for key in keys})
 
 
 def pool_children(pid: int) -> list[int]:

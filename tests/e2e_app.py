@@ -17,6 +17,28 @@ from celery import Celery
 
 CONFIG_VARIABLE = "E2E_CELERY_CONFIG"
 CALLBACK_LOG_SETTING = "e2e_callback_log"
+PUT_LOG_VARIABLE = "E2E_PUT_LOG"
+"""A file to which each worker process appends ``bucket/key`` for every object PUT it made: the
+distributed tests count rewrites with it, on any server (bucket versions cannot: Ceph RGW 16
+does not honour conditional writes on a versioned bucket, docs/compatibility.md)."""
+
+
+def _log_object_puts(path: str) -> None:
+    from celery_s3_envelope.store import S3Store
+
+    put = S3Store.put
+
+    def logged(self: S3Store, key: str, body: bytes, **kwargs: Any) -> str:
+        etag = put(self, key, body, **kwargs)
+        with open(path, "a", encoding="utf-8") as handle:  # one short append: atomic
+            handle.write(f"{self.bucket}/{key}\n")
+        return etag
+
+    S3Store.put = logged  # type: ignore[method-assign]
+
+
+if os.environ.get(PUT_LOG_VARIABLE):  # set for the worker's environment only
+    _log_object_puts(os.environ[PUT_LOG_VARIABLE])
 
 
 def secret(kind: str, token: str, number: int) -> str:

@@ -10,7 +10,6 @@ import random
 import signal
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,13 @@ from celery_s3_envelope.store import S3Store
 from distributed_helpers import (
     BASE,
     fill,
+    fresh_bucket,
     layout,
     pool_children,
-    put_counts,
     value,
-    versioned_bucket,
+    worker_puts,
 )
+from e2e_app import PUT_LOG_VARIABLE
 from e2e_worker import running_worker
 
 INCLUDE = {"include": ["celery_s3_envelope.distributed"]}
@@ -72,8 +72,8 @@ def assert_all_under(store: S3Store, keyring: cse.Keyring, keys: list[str], kek:
 
 def rotate_equals_local(
     s3_endpoint: S3Endpoint,
-    server_puts: Counter[str] | None,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     keyrings: tuple[cse.Keyring, cse.Keyring, Path],
     count: int,
     unknown: int,
@@ -83,11 +83,9 @@ def rotate_equals_local(
     k1, both, both_path = keyrings
     client = s3_endpoint.client()
     envelopes, others = layout(count, unknown)
-    versioned = server_puts is None  # a real server: its object versions count the PUTs
-    with (
-        versioned_bucket(client, versioned=versioned) as distributed,
-        versioned_bucket(client, versioned=versioned) as local,
-    ):
+    log = tmp_path / "puts.log"
+    monkeypatch.setenv(PUT_LOG_VARIABLE, str(log))  # the workers log each PUT they make
+    with fresh_bucket(client) as distributed, fresh_bucket(client) as local:
         store, twin = s3_endpoint.store(distributed), s3_endpoint.store(local)
         fill([store, twin], k1, envelopes, others)
         expected = Rotation(twin, both, prefix=BASE).run().to_dict()
@@ -101,32 +99,29 @@ def rotate_equals_local(
         assert report["rewrapped"] == count and report["plaintext"] == unknown
         assert all(shard["state"] == "done" for shard in report["shards"])
         assert len(report["shards"]) == 3 * (shards + 1) + 1
-        if server_puts is not None:  # moto: the PUTs the server received, from every process
-            puts = Counter({key: server_puts[f"{distributed}/{key}"] for key in envelopes + others})
-        else:
-            puts = put_counts(client, distributed)
-        assert {puts[key] for key in envelopes} == {2}  # the fill, and exactly one rewrap
-        assert {puts[key] for key in others} == {1}  # the fill only
+        puts = worker_puts(log, distributed, envelopes + others)
+        assert {puts[key] for key in envelopes} == {1}  # each envelope rewrapped exactly once
+        assert {puts[key] for key in others} == {0}  # nothing else written
         assert_all_under(store, both, envelopes, "k2")
 
 
 def test_distributed_rotate_equals_local_and_rewraps_each_envelope_once(
     s3_endpoint: S3Endpoint,
-    server_puts: Counter[str] | None,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     keyrings: tuple[cse.Keyring, cse.Keyring, Path],
 ) -> None:
-    rotate_equals_local(s3_endpoint, server_puts, tmp_path, keyrings, 300, 20, shards=2)
+    rotate_equals_local(s3_endpoint, tmp_path, monkeypatch, keyrings, 300, 20, shards=2)
 
 
 @pytest.mark.slow
 def test_distributed_rotate_20000_envelopes(
     s3_endpoint: S3Endpoint,
-    server_puts: Counter[str] | None,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     keyrings: tuple[cse.Keyring, cse.Keyring, Path],
 ) -> None:
-    rotate_equals_local(s3_endpoint, server_puts, tmp_path, keyrings, 20_000, 50, 8, SLOW_TIMEOUT)
+    rotate_equals_local(s3_endpoint, tmp_path, monkeypatch, keyrings, 20_000, 50, 8, SLOW_TIMEOUT)
 
 
 def writer_keeps_every_write(
@@ -141,7 +136,7 @@ def writer_keeps_every_write(
     client = s3_endpoint.client()
     envelopes, others = layout(count, 8)
     raced = random.Random(7).sample(envelopes, written)
-    with versioned_bucket(client, versioned=False) as bucket:
+    with fresh_bucket(client) as bucket:
         store = s3_endpoint.store(bucket)
         fill([store], k1, envelopes, others)
         start, stop = threading.Event(), threading.Event()
@@ -196,7 +191,7 @@ def test_a_worker_killed_mid_shard_finishes_after_resume(
     k1, both, both_path = keyrings
     client = s3_endpoint.client()
     envelopes, others = layout(200, 8)
-    with versioned_bucket(client) as bucket:
+    with fresh_bucket(client) as bucket:
         store = s3_endpoint.store(bucket)
         fill([store], k1, envelopes, others)
         failures: list[str] = []

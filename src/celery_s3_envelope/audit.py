@@ -33,8 +33,8 @@ from .envelope import PREAMBLE_SIZE, EnvelopeHeader, header_length, is_envelope,
 from .errors import EnvelopeError
 from .keyring import Keyring
 from .pipeline import Pipeline
-from .rotation import rewrite
-from .store import ObjectInfo, S3Store, is_missing_key, is_write_conflict
+from .rotation import refused_write, rewrite
+from .store import ObjectInfo, S3Store
 from .sweep import (
     DEFAULT_WORKERS,
     ObjectResult,
@@ -346,10 +346,7 @@ def migrate_object(
     try:
         rewrite(store, key, sealed, got)
     except ClientError as exc:
-        if is_write_conflict(exc) or is_missing_key(exc):
-            return ObjectResult(key, Outcome.CHANGED, reason="rewritten meanwhile")
-        reason = f"write failed: {describe_error(exc)}"
-        return ObjectResult(key, Outcome.FAILED, reason=reason)
+        return refused_write(store, key, got, exc)
     return ObjectResult(key, Outcome.SEALED, keyring.active.id)
 
 

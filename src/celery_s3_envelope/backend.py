@@ -39,7 +39,7 @@ from .pipeline import (
     Pipeline,
 )
 from .redact import install as install_redaction
-from .store import S3Store, is_missing_key, is_transient, is_write_conflict
+from .store import NOT_HONOURED, S3Store, is_missing_key, is_transient, is_write_conflict
 
 if TYPE_CHECKING:
     from .kms import KmsProvider
@@ -557,7 +557,16 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         if current is None:
             self.store.put(object_key, sealed, if_none_match=True, tags=self._tags(None))
         else:
-            self.store.put(object_key, sealed, if_match=current[1], tags=self._tags(None))
+            try:
+                self.store.put(object_key, sealed, if_match=current[1], tags=self._tags(None))
+            except ClientError as exc:
+                if is_write_conflict(exc) and self.store.refused_unchanged(object_key, current[1]):
+                    # Not a lost race: retrying could never succeed, and the chord would hang.
+                    raise ClientError(
+                        {"Error": {"Code": "ConditionalWriteNotHonoured", "Message": NOT_HONOURED}},
+                        f"incr {object_key!r}",
+                    ) from None
+                raise
         return value
 
     def _counter(self, object_key: str, data: bytes) -> tuple[int, list[list[Any]]]:

@@ -22,7 +22,7 @@ from .envelope import is_envelope, unpack
 from .errors import EnvelopeError
 from .keyring import Keyring
 from .pipeline import Pipeline, rewrap
-from .store import Fetched, ObjectInfo, S3Store, is_missing_key, is_write_conflict
+from .store import NOT_HONOURED, Fetched, ObjectInfo, S3Store, is_missing_key, is_write_conflict
 from .sweep import ObjectResult, Outcome, Sweep, SweepReport, describe_error
 
 OUTCOMES = (Outcome.REWRAPPED, Outcome.CURRENT, Outcome.CHANGED, Outcome.PLAINTEXT, Outcome.FAILED)
@@ -66,10 +66,7 @@ def rotate_object(
     try:
         rewrite(store, key, new, got)
     except ClientError as exc:
-        if is_write_conflict(exc) or is_missing_key(exc):
-            return ObjectResult(key, Outcome.CHANGED, kek_id, reason="rewritten meanwhile")
-        reason = f"write failed: {describe_error(exc)}"
-        return ObjectResult(key, Outcome.FAILED, kek_id, reason=reason)
+        return refused_write(store, key, got, exc, kek_id)
     if verify:
         return _verified(store, keyring, key, kek_id, pipeline or Pipeline())
     return ObjectResult(key, Outcome.REWRAPPED, kek_id)
@@ -81,6 +78,24 @@ def rewrite(store: S3Store, key: str, body: bytes, read: Fetched) -> None:
     encryption and its KMS key, the storage class."""
     tags = store.get_tags(key) if read.tag_count else None
     store.put(key, body, if_match=read.etag, tags=tags, extra=read.put_args)
+
+
+def refused_write(
+    store: S3Store, key: str, read: Fetched, exc: ClientError, kek_id: str | None = None
+) -> ObjectResult:
+    """What a refused ``rewrite`` means: *changed* when someone else rewrote or deleted the
+    object since it was read; *failed* otherwise, saying why, so that a server that ignores the
+    condition never passes for a run where every object raced (one HeadObject, on refusal only)."""
+    if is_write_conflict(exc) or is_missing_key(exc):
+        try:
+            unchanged = store.refused_unchanged(key, read.etag)
+        except ClientError as head_exc:
+            reason = f"write refused, then unreadable: {describe_error(head_exc)}"
+            return ObjectResult(key, Outcome.FAILED, kek_id, reason=reason)
+        if unchanged:
+            return ObjectResult(key, Outcome.FAILED, kek_id, reason=NOT_HONOURED)
+        return ObjectResult(key, Outcome.CHANGED, kek_id, reason="rewritten meanwhile")
+    return ObjectResult(key, Outcome.FAILED, kek_id, reason=f"write failed: {describe_error(exc)}")
 
 
 def _verified(

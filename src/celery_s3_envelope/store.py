@@ -52,6 +52,12 @@ TRANSIENT_CODES = frozenset(
 )
 
 
+NOT_HONOURED = (
+    "the server refused If-Match on an unchanged object: it does not honour conditional writes "
+    "here (Ceph RGW on a versioned bucket; docs/compatibility.md)"
+)
+
+
 def error_code(exc: ClientError) -> str:
     """The S3 error code of a ``ClientError`` ('' when the server sent none)."""
     return str(exc.response.get("Error", {}).get("Code", ""))
@@ -223,6 +229,24 @@ class S3Store:
             return Fetched(body.read(), response["ETag"], int(response.get("TagCount") or 0), kept)
         finally:
             body.close()
+
+    def etag(self, key: str) -> str | None:
+        """The object's current ETag from one HeadObject; ``None`` when the key does not exist."""
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if is_missing_key(exc) or http_status(exc) == 404:
+                return None
+            raise
+        return str(response["ETag"])
+
+    def refused_unchanged(self, key: str, etag: str) -> bool:
+        """After a conditional write on ``etag`` was refused (412): True when the object still
+        has that ETag, i.e. the condition held and the server does not honour If-Match here
+        (Ceph RGW 16 on a versioned bucket checks it against the version being written;
+        docs/compatibility.md). False when it changed or is gone: a race really was lost."""
+        current = self.etag(key)
+        return current is not None and current.strip('"') == etag.strip('"')
 
     def lifecycle_rules(self) -> list[dict[str, Any]]:
         """The bucket's lifecycle rules as S3 returns them (``[]`` when it has none)."""
