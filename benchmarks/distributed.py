@@ -75,7 +75,7 @@ def _distributed(endpoint: Endpoint, bucket: str, both: cse.Keyring, processes: 
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    count = 1000 if quick else 4000
+    count = 500 if quick else 2000
     k1 = cse.Keyring.generate("k1")
     both = k1.with_entry(cse.LocalKey("k2", os.urandom(32), cse.KeyState.ACTIVE), activate=True)
     rates: dict[str, float] = {}

@@ -101,6 +101,28 @@ def empty_bucket(client: S3Client, bucket: str) -> None:
             client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
+@contextmanager
+def fresh_bucket(client: S3Client, *, versioned: bool = False) -> Iterator[str]:
+    """A new, empty bucket (versioning enabled when asked), deleted with every object and version
+    afterwards."""
+    name = f"test-{uuid.uuid4().hex[:20]}"
+    client.create_bucket(Bucket=name)
+    if versioned:
+        client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    try:
+        yield name
+    finally:
+        while versioned:  # the first page again each time: deleting shifts the pages
+            page = client.list_object_versions(Bucket=name)
+            items = [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]
+            if not items:
+                break
+            objects = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in items]
+            client.delete_objects(Bucket=name, Delete={"Objects": objects, "Quiet": True})
+        empty_bucket(client, name)
+        client.delete_bucket(Bucket=name)
+
+
 class _RawBody:
     def __init__(self, body: bytes) -> None:
         self.body = body

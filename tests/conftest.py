@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from celery import Celery
 
-from backend_helpers import MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, S3Endpoint, empty_bucket
+from backend_helpers import MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, S3Endpoint, fresh_bucket
 from celery_s3_envelope import Keyring
 from celery_s3_envelope.backend import EnvelopeS3Backend
 from celery_s3_envelope.store import S3Store
@@ -117,13 +116,8 @@ def s3_client(s3_endpoint: S3Endpoint) -> S3Client:
 @pytest.fixture
 def bucket(s3_endpoint: S3Endpoint, s3_client: S3Client) -> Iterator[str]:
     """A new, empty bucket, deleted with its objects afterwards."""
-    name = f"test-{uuid.uuid4().hex[:20]}"
-    s3_client.create_bucket(Bucket=name)
-    try:
+    with fresh_bucket(s3_client) as name:
         yield name
-    finally:
-        empty_bucket(s3_client, name)
-        s3_client.delete_bucket(Bucket=name)
 
 
 @pytest.fixture

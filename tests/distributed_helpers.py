@@ -1,24 +1,21 @@
 """Set-up for the distributed tests: envelopes spread over Celery's three key prefixes plus
-objects of unknown shape, a bucket per run, the workers' PUTs counted, and the worker's pool."""
+objects of unknown shape, the workers' PUTs counted, and the worker's pool."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import celery_s3_envelope as cse
-from backend_helpers import empty_bucket
 from celery_s3_envelope.shards import CELERY_PREFIXES
 from celery_s3_envelope.store import S3Store
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3.client import S3Client
+    pass
 
 BASE = "e2e/results/"  # the worker app's s3_base_path (e2e_worker.worker_config)
 UNKNOWN_PLACES = ("aaa/", "celery-x-", "chord-", "zzz/")
@@ -51,18 +48,6 @@ def fill(
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(put, envelopes + others))
-
-
-@contextmanager
-def fresh_bucket(client: S3Client) -> Iterator[str]:
-    """A bucket of its own for one run, emptied and deleted afterwards."""
-    name = f"test-{uuid.uuid4().hex[:20]}"
-    client.create_bucket(Bucket=name)
-    try:
-        yield name
-    finally:
-        empty_bucket(client, name)
-        client.delete_bucket(Bucket=name)
 
 
 def worker_puts(log: Path, bucket: str, keys: list[str]) -> Counter[str]:

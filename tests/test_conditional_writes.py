@@ -9,14 +9,13 @@ moto and on a real server; the versioned-bucket test shows what the real server 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from botocore.exceptions import ClientError
 
 import celery_s3_envelope as cse
-from backend_helpers import S3Endpoint, empty_bucket, server_answers
+from backend_helpers import S3Endpoint, fresh_bucket, server_answers
 from celery_s3_envelope.audit import Migration
 from celery_s3_envelope.backend import INCR_MAX_ATTEMPTS, EnvelopeS3Backend
 from celery_s3_envelope.rotation import Rotation
@@ -97,22 +96,8 @@ def test_chord_counter_says_at_once_that_the_server_ignores_the_condition(
 
 @pytest.fixture
 def versioned_store(s3_endpoint: S3Endpoint) -> Iterator[S3Store]:
-    client = s3_endpoint.client()
-    name = f"test-{uuid.uuid4().hex[:20]}"
-    client.create_bucket(Bucket=name)
-    client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-    try:
+    with fresh_bucket(s3_endpoint.client(), versioned=True) as name:
         yield s3_endpoint.store(name)
-    finally:
-        while True:
-            page = client.list_object_versions(Bucket=name)
-            items = [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]
-            if not items:
-                break
-            objects = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in items]
-            client.delete_objects(Bucket=name, Delete={"Objects": objects, "Quiet": True})
-        empty_bucket(client, name)
-        client.delete_bucket(Bucket=name)
 
 
 def test_rotation_on_a_versioned_bucket_rewraps_or_says_why_it_cannot(

@@ -19,7 +19,7 @@ from celery.bin.base import CLIContext
 from click.testing import CliRunner
 
 import celery_s3_envelope as cse
-from backend_helpers import S3Endpoint
+from backend_helpers import S3Endpoint, fresh_bucket
 from celery_s3_envelope.cli import envelope
 from celery_s3_envelope.distributed import Driver
 from celery_s3_envelope.rotation import Rotation
@@ -27,7 +27,6 @@ from celery_s3_envelope.store import S3Store
 from distributed_helpers import (
     BASE,
     fill,
-    fresh_bucket,
     layout,
     pool_children,
     value,
