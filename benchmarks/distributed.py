@@ -31,16 +31,6 @@ BASE = "e2e/results/"  # the test worker app's s3_base_path
 PROCESSES = (1, 2, 4)
 
 
-def _store(endpoint: Endpoint, bucket: str) -> S3Store:
-    return S3Store(
-        bucket,
-        endpoint_url=endpoint.url,
-        region=endpoint.region,
-        access_key_id=endpoint.access_key_id,
-        secret_access_key=endpoint.secret_access_key,
-    )
-
-
 def _fill(store: S3Store, keyring: cse.Keyring, count: int) -> None:
     value = celery_result(1024)
 
@@ -66,7 +56,7 @@ def _distributed(endpoint: Endpoint, bucket: str, both: cse.Keyring, processes: 
         with running_worker(
             tests_endpoint, bucket, tmp / "keyring.json", tmp, concurrency=processes, **include
         ) as worker:
-            driver = Driver(worker.app, _store(endpoint, bucket), BASE)
+            driver = Driver(worker.app, endpoint.store(bucket), BASE)
             started = time.perf_counter()
             result = driver.wait(driver.start("rotate", both, {"workers": 16}, parts=8), poll=0.1)
             elapsed = time.perf_counter() - started
@@ -81,14 +71,14 @@ def run(quick: bool = False) -> dict[str, Any]:
     rates: dict[str, float] = {}
     with s3_endpoint() as endpoint:
         with fresh_bucket(endpoint) as bucket:
-            store = _store(endpoint, bucket)
+            store = endpoint.store(bucket)
             _fill(store, k1, count)
             report = Rotation(store, both, prefix=BASE, workers=16).run()
             assert report.ok and report.counts["rewrapped"] == count
             rates["local"] = report.counts["rewrapped"] / report.elapsed
         for processes in PROCESSES:
             with fresh_bucket(endpoint) as bucket:
-                _fill(_store(endpoint, bucket), k1, count)
+                _fill(endpoint.store(bucket), k1, count)
                 rates[f"{processes}"] = _distributed(endpoint, bucket, both, processes)
         server = endpoint.name
     rows = [["local (one process, 16 threads)", f"{rates['local']:,.0f}", "1.00x"]]

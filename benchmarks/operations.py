@@ -54,13 +54,7 @@ def _rotation(count: int, latency: float) -> dict[str, Any]:
     k1 = cse.Keyring.generate("k1")
     both = k1.with_entry(cse.LocalKey("k2", os.urandom(32), cse.KeyState.ACTIVE), activate=True)
     with s3_endpoint() as endpoint, fresh_bucket(endpoint) as bucket:
-        store = S3Store(
-            bucket,
-            endpoint_url=endpoint.url,
-            region=endpoint.region,
-            access_key_id=endpoint.access_key_id,
-            secret_access_key=endpoint.secret_access_key,
-        )
+        store = endpoint.store(bucket)
         loop_keys = _fill(store, k1, "loop/", count)
         _fill(store, k1, "rotate/", count)
         if latency:

@@ -20,6 +20,8 @@ from typing import Any
 
 import boto3
 
+from celery_s3_envelope.store import S3Store
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -36,6 +38,16 @@ class Endpoint:
             region_name=self.region,
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=self.secret_access_key,
+        )
+
+    def store(self, bucket: str) -> S3Store:
+        """The project's store on ``bucket`` of this server."""
+        return S3Store(
+            bucket,
+            endpoint_url=self.url,
+            region=self.region,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
         )
 
     def settings(self, bucket: str) -> dict[str, str]:
