@@ -123,6 +123,18 @@ _plaintext_lock = threading.Lock()
 
 
 # -- configuration -----------------------------------------------------------------------------
+def resolve_settings(
+    conf: Mapping[str, Any], options: Mapping[str, Any] | None = None, url: str | None = None
+) -> dict[str, Any]:
+    """Every setting the backend reads: ``app.conf``, overridden by ``options``, then by the
+    URL's values (the backend and the command line's KMS set-up resolve them alike)."""
+    settings: dict[str, Any] = {name: conf.get(name) for name in SETTINGS}
+    settings.update(options or {})
+    if url:
+        settings.update(settings_from_url(url))
+    return settings
+
+
 def settings_from_url(url: str) -> dict[str, Any]:
     """``s3envelope://[key_id:secret@]bucket/base/path?region=..`` as setting names -> values.
 
@@ -342,10 +354,7 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
             raise ImproperlyConfigured(f"unknown backend options: {', '.join(sorted(unknown))}")
         self._base_kwargs = {k: v for k, v in kwargs.items() if k != "app"}
         conf = self.app.conf
-        settings: dict[str, Any] = {name: conf.get(name) for name in SETTINGS}
-        settings.update(self._options)
-        if url:
-            settings.update(settings_from_url(url))
+        settings = resolve_settings(conf, self._options, url)
 
         self.bucket_name = str(settings["s3_bucket"] or "")
         if not self.bucket_name:

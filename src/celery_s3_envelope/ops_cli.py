@@ -114,14 +114,13 @@ def _with_kms(workspace: Workspace, target: Prefix, keyring: Keyring) -> Keyring
         return keyring.with_kms(KmsProvider(region=workspace.options.region, scope=scope))
     from celery.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 
-    from .backend import SCHEME, SETTINGS, kms_provider_from_settings, settings_from_url
+    from .backend import SCHEME, kms_provider_from_settings, resolve_settings
 
     conf = workspace.app.conf
-    settings: dict[str, Any] = {name: conf.get(name) for name in SETTINGS}
     url = conf.get("result_backend")
+    ours = isinstance(url, str) and url.startswith(f"{SCHEME}://")
     try:
-        if isinstance(url, str) and url.startswith(f"{SCHEME}://"):
-            settings.update(settings_from_url(url))  # the backend's URL overrides app.conf
+        settings = resolve_settings(conf, url=url if ours else None)  # the URL overrides conf
         provider = kms_provider_from_settings(settings, scope)
     except ImproperlyConfigured as exc:
         raise click.ClickException(f"KMS settings: {exc}") from None
