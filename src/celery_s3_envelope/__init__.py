@@ -19,7 +19,8 @@ from .errors import (
     UnknownKey,
     UnsupportedVersion,
 )
-from .keyring import InsecureKeyringWarning, KeyEntry, Keyring, KeyState, LocalKey
+from .kek import KeyEntry, KeyState, LocalKey
+from .keyring import InsecureKeyringWarning, Keyring
 from .pipeline import DEFAULT_COMPRESSION_LEVEL, DEFAULT_MAX_SIZE, Pipeline
 from .pipeline import inspect as _inspect
 

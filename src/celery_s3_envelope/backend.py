@@ -17,8 +17,8 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import states  # type: ignore[import-untyped]
@@ -29,34 +29,35 @@ from celery.utils.log import get_logger  # type: ignore[import-untyped]
 from kombu.exceptions import KombuError
 
 from .envelope import is_envelope
-from .errors import EnvelopeError, KeyringError, NotAnEnvelope
-from .keyring import DEFAULT_ENV_VAR, Keyring
+from .errors import EnvelopeError, NotAnEnvelope
+from .keyring import Keyring
+from .kms import KmsError
 from .lifecycle import EXPIRY_TAG  # written when result_failure_expires is set
-from .pipeline import (
-    DEFAULT_COMPRESSION_LEVEL,
-    DEFAULT_COMPRESSION_MIN_SIZE,
-    DEFAULT_MAX_SIZE,
-    Pipeline,
-)
+from .pipeline import Pipeline
 from .redact import install as install_redaction
+from .settings import (
+    EXPIRY_MODES,
+    SCHEME,
+    SETTINGS,
+    kms_provider_from_settings,
+    load_keyring,
+    masked_url,
+    optional_str,
+    pipeline_from_settings,
+    resolve_settings,
+    setting_bool,
+    store_from_settings,
+)
 from .store import NOT_HONOURED, S3Store, is_missing_key, is_transient, is_write_conflict
 
-if TYPE_CHECKING:
-    from .kms import KmsProvider
-
-__all__ = ["SCHEME", "EnvelopeS3Backend", "backend_from_app"]
+__all__ = ["EnvelopeS3Backend"]
 
 logger = get_logger(__name__)
-
-SCHEME = "s3envelope"
-"""The URL scheme (never ``s3``: an entry point of that name would replace Celery's own)."""
 
 COMPRESSED_PAYLOAD_MAGIC: bytes = getattr(
     celery_base, "COMPRESSED_PAYLOAD_MAGIC", b"\x00celery-compressed\x00"
 )
 """Celery 5.7's in-band marker of a ``result_compression`` payload: already compressed."""
-
-EXPIRY_MODES = ("cleanup", "lifecycle")
 
 INCR_MAX_ATTEMPTS = 64
 INCR_MEMORY = 256
@@ -64,249 +65,9 @@ INCR_MEMORY = 256
 INCR_BACKOFF_START = 0.01
 INCR_BACKOFF_MAX = 0.5
 CLEANUP_READ_BATCH = 256
-RETRY_MODES = ("standard", "adaptive", "legacy")
-
-_URL_QUERY = {
-    "region": "s3_region",
-    "endpoint_url": "s3_endpoint_url",
-    "keyring": "envelope_keyring",
-    "compression_level": "envelope_compression_level",
-    "compression_min_size": "envelope_compression_min_size",
-    "max_size": "envelope_max_size",
-    "allow_plaintext": "envelope_allow_plaintext",
-    "max_pool_connections": "s3_max_pool_connections",
-    "mget_concurrency": "s3_mget_concurrency",
-    "retries_mode": "s3_retries_mode",
-    "max_attempts": "s3_max_attempts",
-    "connect_timeout": "s3_connect_timeout",
-    "read_timeout": "s3_read_timeout",
-    "expiry": "envelope_expiry",
-    "kms_endpoint_url": "envelope_kms_endpoint_url",
-    "kms_region": "envelope_kms_region",
-    "kms_cache_seconds": "envelope_kms_cache_seconds",
-    "kms_cache_uses": "envelope_kms_cache_uses",
-}
-SETTINGS = (
-    # Celery's own S3Backend settings, same meaning:
-    "s3_bucket",
-    "s3_base_path",
-    "s3_endpoint_url",
-    "s3_region",
-    "s3_access_key_id",
-    "s3_secret_access_key",
-    # this backend's:
-    "envelope_keyring",
-    "envelope_compression_level",
-    "envelope_compression_min_size",
-    "envelope_max_size",
-    "envelope_allow_plaintext",
-    "s3_put_extra_args",
-    "s3_max_pool_connections",
-    "s3_mget_concurrency",
-    "s3_retries_mode",
-    "s3_max_attempts",
-    "s3_connect_timeout",
-    "s3_read_timeout",
-    "envelope_expiry",
-    "envelope_kms_endpoint_url",
-    "envelope_kms_region",
-    "envelope_kms_cache_seconds",
-    "envelope_kms_cache_uses",
-)
-"""Every setting the backend reads from ``app.conf`` (and accepts in ``options``)."""
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
 
 _plaintext_warned_pid: int | None = None
 _plaintext_lock = threading.Lock()
-
-
-# -- configuration -----------------------------------------------------------------------------
-def resolve_settings(
-    conf: Mapping[str, Any], options: Mapping[str, Any] | None = None, url: str | None = None
-) -> dict[str, Any]:
-    """Every setting the backend reads: ``app.conf``, overridden by ``options``, then by the
-    URL's values (the backend and the command line's KMS set-up resolve them alike)."""
-    settings: dict[str, Any] = {name: conf.get(name) for name in SETTINGS}
-    settings.update(options or {})
-    if url:
-        settings.update(settings_from_url(url))
-    return settings
-
-
-def settings_from_url(url: str) -> dict[str, Any]:
-    """``s3envelope://[key_id:secret@]bucket/base/path?region=..`` as setting names -> values.
-
-    The path names a folder: ``/results`` and ``/results/`` both give ``s3_base_path='results/'``.
-    """
-    parts = urlsplit(url)
-    if parts.scheme != SCHEME:
-        raise ImproperlyConfigured(f"result_backend URL must start with {SCHEME}://")
-    userinfo, _, bucket = parts.netloc.rpartition("@")
-    found: dict[str, Any] = {}
-    if bucket:
-        found["s3_bucket"] = unquote(bucket)
-    if userinfo:
-        key_id, _, secret = userinfo.partition(":")
-        found["s3_access_key_id"] = unquote(key_id)
-        if secret:
-            found["s3_secret_access_key"] = unquote(secret)
-    path = unquote(parts.path).lstrip("/")
-    if path:
-        found["s3_base_path"] = path if path.endswith("/") else path + "/"
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        setting = _URL_QUERY.get(name)
-        if setting is None:
-            raise ImproperlyConfigured(
-                f"unknown parameter {name!r} in the {SCHEME}:// URL "
-                f"(known: {', '.join(sorted(_URL_QUERY))})"
-            )
-        found[setting] = value
-    return found
-
-
-def _int(
-    settings: Mapping[str, Any], name: str, default: int, minimum: int, maximum: int | None = None
-) -> int:
-    value = settings.get(name)
-    if value is None:
-        return default
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from None
-    if number < minimum:
-        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}")
-    if maximum is not None and number > maximum:
-        raise ImproperlyConfigured(f"{name} must be at most {maximum}, not {number}")
-    return number
-
-
-def _float(
-    settings: Mapping[str, Any], name: str, default: float, *, zero_ok: bool = False
-) -> float:
-    value = settings.get(name)
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ImproperlyConfigured(f"{name} must be a number, not {value!r}") from None
-    if number < 0 or (number == 0 and not zero_ok):
-        raise ImproperlyConfigured(
-            f"{name} must be {'>= 0' if zero_ok else 'positive'}, not {number}"
-        )
-    return number
-
-
-def _bool(settings: Mapping[str, Any], name: str) -> bool:
-    value = settings.get(name)
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}")
-
-
-def _optional_str(settings: Mapping[str, Any], name: str) -> str | None:
-    value = settings.get(name)
-    return str(value) if value else None
-
-
-def load_keyring(value: object) -> Keyring:
-    """``envelope_keyring`` as given (path, dict or ``Keyring``; unset: the environment)."""
-    try:
-        if isinstance(value, Keyring):
-            return value
-        if isinstance(value, Mapping):
-            return Keyring.from_dict(value)
-        if isinstance(value, str | os.PathLike) and str(value):
-            return Keyring.from_file(value)
-        if value is None or value == "":
-            if os.environ.get(DEFAULT_ENV_VAR):
-                return Keyring.from_env()
-            raise ImproperlyConfigured(
-                "envelope_keyring is not set: give a keyring file path, a dict or a Keyring "
-                f"(or put the keyring's JSON in the {DEFAULT_ENV_VAR} environment variable)"
-            )
-    except KeyringError as exc:
-        raise ImproperlyConfigured(f"envelope_keyring: {exc}") from exc
-    raise ImproperlyConfigured(
-        f"envelope_keyring must be a path, a dict or a Keyring, not {type(value).__name__}"
-    )
-
-
-def _masked(url: str) -> str:
-    """``url`` with the password of its user info, if any, shown as ``**``."""
-    parts = urlsplit(url)
-    if not parts.scheme or parts.password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:**@{host}"))
-
-
-def pipeline_from_settings(settings: Mapping[str, Any]) -> Pipeline:
-    return Pipeline(
-        compression_level=_int(
-            settings, "envelope_compression_level", DEFAULT_COMPRESSION_LEVEL, -7, 22
-        ),
-        compression_min_size=_int(
-            settings, "envelope_compression_min_size", DEFAULT_COMPRESSION_MIN_SIZE, 0
-        ),
-        max_size=_int(settings, "envelope_max_size", DEFAULT_MAX_SIZE, 1),
-    )
-
-
-def store_from_settings(settings: Mapping[str, Any]) -> S3Store:
-    put_extra_args = settings.get("s3_put_extra_args") or {}
-    if not isinstance(put_extra_args, Mapping):
-        raise ImproperlyConfigured("s3_put_extra_args must be a dict of PutObject arguments")
-    retries_mode = str(settings.get("s3_retries_mode") or "standard")
-    if retries_mode not in RETRY_MODES:
-        raise ImproperlyConfigured(f"s3_retries_mode must be one of {', '.join(RETRY_MODES)}")
-    max_pool = settings.get("s3_max_pool_connections")
-    max_attempts = settings.get("s3_max_attempts")
-    return S3Store(
-        str(settings["s3_bucket"]),
-        endpoint_url=_optional_str(settings, "s3_endpoint_url"),
-        region=_optional_str(settings, "s3_region"),
-        access_key_id=_optional_str(settings, "s3_access_key_id"),
-        secret_access_key=_optional_str(settings, "s3_secret_access_key"),
-        put_extra_args=put_extra_args,
-        max_pool_connections=None
-        if max_pool is None
-        else _int(settings, "s3_max_pool_connections", 10, 1),
-        mget_concurrency=_int(settings, "s3_mget_concurrency", 16, 1),
-        retries_mode=retries_mode,
-        max_attempts=None if max_attempts is None else _int(settings, "s3_max_attempts", 3, 1),
-        connect_timeout=_float(settings, "s3_connect_timeout", 10),
-        read_timeout=_float(settings, "s3_read_timeout", 60),
-    )
-
-
-def kms_provider_from_settings(settings: Mapping[str, Any], scope: str) -> KmsProvider:
-    """The KMS client and caches for the keyring's KMS entries: the S3 credentials and region
-    unless the ``envelope_kms_*`` settings say otherwise; the scope names bucket and prefix."""
-    from .kms import DEFAULT_CACHE_SECONDS, DEFAULT_CACHE_USES, KmsProvider
-
-    return KmsProvider(
-        endpoint_url=_optional_str(settings, "envelope_kms_endpoint_url"),
-        region=_optional_str(settings, "envelope_kms_region")
-        or _optional_str(settings, "s3_region"),
-        access_key_id=_optional_str(settings, "s3_access_key_id"),
-        secret_access_key=_optional_str(settings, "s3_secret_access_key"),
-        scope=scope,
-        cache_seconds=_float(
-            settings, "envelope_kms_cache_seconds", DEFAULT_CACHE_SECONDS, zero_ok=True
-        ),
-        cache_uses=_int(settings, "envelope_kms_cache_uses", DEFAULT_CACHE_USES, 0),
-    )
 
 
 def _cutoff(now: datetime, expires: float | None) -> datetime | None:
@@ -360,9 +121,9 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         if not self.bucket_name:
             raise ImproperlyConfigured("Missing bucket name")
         self.base_path = str(settings["s3_base_path"] or "")
-        self.endpoint_url = _optional_str(settings, "s3_endpoint_url")
-        self.aws_region = _optional_str(settings, "s3_region")
-        self.allow_plaintext = _bool(settings, "envelope_allow_plaintext")
+        self.endpoint_url = optional_str(settings, "s3_endpoint_url")
+        self.aws_region = optional_str(settings, "s3_region")
+        self.allow_plaintext = setting_bool(settings, "envelope_allow_plaintext")
         self.keyring = load_keyring(settings["envelope_keyring"])
         if self.keyring.uses_kms:
             scope = f"{self.bucket_name}/{self.base_path}"
@@ -387,6 +148,19 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         self._storing = threading.local()
         install_redaction(self.app)  # envelope_redact: values out of the worker's logs/events
 
+    @classmethod
+    def configured_for(cls, app: Any) -> bool:
+        """True when ``app``'s result backend (``backend=`` or ``result_backend``) is this class;
+        a setting that does not resolve is False here, and reported when the backend is built."""
+        name = app.backend_cls or app.conf.result_backend
+        if not name:
+            return False
+        try:
+            found, _url = by_url(name, app.loader)
+        except (ImportError, ValueError, ImproperlyConfigured):
+            return False
+        return isinstance(found, type) and issubclass(found, cls)
+
     # -- identity ----------------------------------------------------------------------------
     def as_uri(self, include_password: bool = False) -> str:
         """The backend's URL with the secret access key masked (``include_password``: as given)."""
@@ -394,9 +168,10 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
             return f"{SCHEME}://{self.bucket_name}/{self.base_path}"
         if include_password:
             return str(self.url)
-        parts = urlsplit(_masked(self.url))
+        parts = urlsplit(masked_url(self.url))
         query = [
-            (name, _masked(value)) for name, value in parse_qsl(parts.query, keep_blank_values=True)
+            (name, masked_url(value))
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
         ]
         return urlunsplit(parts._replace(query=urlencode(query, safe=":/")))
 
@@ -500,8 +275,6 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
     def _get_task_meta_for(self, task_id: str) -> Any:
         if not getattr(self._storing, "active", False):
             return super()._get_task_meta_for(task_id)
-        from .kms import KmsError
-
         try:
             return super()._get_task_meta_for(task_id)
         except KmsError:
@@ -654,17 +427,3 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
                 continue
             if (status == states.FAILURE) == failures:
                 yield object_key
-
-
-def backend_from_app(app: Any) -> EnvelopeS3Backend:
-    """The app's backend when it is an ``EnvelopeS3Backend``, else one built from ``app.conf``
-    (so ``celery -A proj envelope ...`` reuses the app's configuration)."""
-    try:
-        cls, _ = by_url(app.backend_cls or app.conf.result_backend, app.loader)
-    except ImproperlyConfigured:
-        cls = None
-    if isinstance(cls, type) and issubclass(cls, EnvelopeS3Backend):
-        backend = app.backend
-        if isinstance(backend, EnvelopeS3Backend):
-            return backend
-    return EnvelopeS3Backend(app=app)

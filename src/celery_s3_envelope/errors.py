@@ -2,7 +2,7 @@
 
 Every failure to open an envelope is an :class:`EnvelopeError`, so callers (the backend, the CLI,
 a fuzzer) catch one class. Messages name what failed (the object key, the KEK id, the field), never
-key material or plaintext.
+key material or plaintext. ``error_code`` is the one reader of an AWS error's code.
 """
 
 from __future__ import annotations
@@ -44,6 +44,17 @@ class KeyringError(EnvelopeError):
     """A keyring is malformed or inconsistent (no active key, duplicate ids, bad key material)."""
 
 
+def error_code(exc: BaseException) -> str:
+    """The error code AWS sent with a botocore ``ClientError`` (S3's or KMS's), '' for any
+    other exception or none sent. Read from the response it carries, so that the key modules
+    can judge KMS errors without importing botocore."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    error = response.get("Error")
+    return str(error.get("Code") or "") if isinstance(error, dict) else ""
+
+
 __all__ = [
     "EnvelopeError",
     "IntegrityError",
@@ -53,4 +64,5 @@ __all__ = [
     "SizeLimitExceeded",
     "UnknownKey",
     "UnsupportedVersion",
+    "error_code",
 ]

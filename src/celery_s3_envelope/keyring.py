@@ -1,4 +1,4 @@
-"""Key-encryption keys (KEKs): load a keyring, pick the active KEK, wrap and unwrap DEKs.
+"""A keyring: a set of KEKs, loaded and saved, with exactly one active and the rest found by id.
 
 A keyring is a small JSON document (``keys.example`` shows it)::
 
@@ -6,177 +6,34 @@ A keyring is a small JSON document (``keys.example`` shows it)::
 
 States: ``active`` (exactly one: seals new envelopes and opens old ones), ``decrypt`` (opens only)
 and ``retired`` (kept for the record, refuses to open anything: the step before destroying it).
-
-A local KEK never encrypts two DEKs under the same key: each DEK is wrapped with AES key wrap
-(RFC 3394, nonce-free) under a wrapping key that HKDF-SHA256 derives from the KEK, the envelope's
-salt and a digest of its sealed part. The wrap is therefore bound to the envelope it belongs to,
-and no nonce budget limits how many results one KEK may protect (``docs/format.md``).
+Each entry is a ``kek.LocalKey`` or a ``kms.KmsKey``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 import stat
-import tempfile
 import warnings
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
+from typing import Any
 
 from .envelope import WrapMethod
-from .errors import IntegrityError, KeyringError, RetiredKey, UnknownKey
+from .errors import KeyringError, RetiredKey, UnknownKey
+from .kek import KEY_SIZE, KeyEntry, KeyState, LocalKey
+from .kms import KmsKey, KmsProvider
+from .private_file import write_private
 
-if TYPE_CHECKING:
-    from .kms import KmsProvider
-
-_SHA256 = hashes.SHA256()  # stateless: one instance serves every derivation
-KEY_SIZE = 32
 KEYRING_VERSION = 1
 DEFAULT_ENV_VAR = "CELERY_S3_ENVELOPE_KEYRING"
-WRAP_LABEL = b"celery-s3-envelope/v1/wrap\x00"
-EXAMPLE_MARKER = b"EXAMPLE KEY"
-"""Key material in ``keys.example`` starts with these bytes; loading it warns."""
 
 
 class InsecureKeyringWarning(UserWarning):
     """A keyring file others can read, or a keyring holding the published example keys."""
-
-
-class KeyState(StrEnum):
-    ACTIVE = "active"
-    DECRYPT = "decrypt"
-    RETIRED = "retired"
-
-
-class KeyEntry(ABC):
-    """One KEK: an id, a state, a creation time, and a way to wrap and unwrap DEKs."""
-
-    method: WrapMethod
-
-    def __init__(self, kek_id: str, state: KeyState, created: datetime) -> None:
-        if not kek_id or len(kek_id.encode("utf-8")) > 255:
-            raise KeyringError("a KEK id is 1 to 255 bytes of UTF-8")
-        self.id = kek_id
-        self.id_bytes = kek_id.encode("utf-8")
-        self.state = state
-        self.created = created
-
-    @abstractmethod
-    def wrap(self, dek: bytes, *, salt: bytes, associated_data: bytes) -> bytes:
-        """The wrap body stored in the key slot for ``dek``, bound to the envelope."""
-
-    @abstractmethod
-    def unwrap(self, body: bytes, *, salt: bytes, associated_data: bytes) -> bytes:
-        """The DEK from a wrap body; ``IntegrityError`` when it was not made for this envelope."""
-
-    @abstractmethod
-    def with_state(self, state: KeyState) -> KeyEntry:
-        """A copy of this entry in another state."""
-
-    @abstractmethod
-    def to_dict(self) -> dict[str, Any]:
-        """The entry as stored in a keyring file (key material included)."""
-
-    def describe(self) -> dict[str, str]:
-        """What may be shown to a person: never key material."""
-        return {"id": self.id, "state": str(self.state), "created": _format_time(self.created)}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(id={self.id!r}, state={self.state.value!r})"
-
-
-class LocalKey(KeyEntry):
-    """A 32-byte AES key held in the keyring itself."""
-
-    method = WrapMethod.LOCAL
-
-    def __init__(
-        self, kek_id: str, material: bytes, state: KeyState, created: datetime | None = None
-    ) -> None:
-        super().__init__(kek_id, state, created or datetime.now(UTC))
-        if len(material) != KEY_SIZE:
-            raise KeyringError(f"key {kek_id!r}: key material must be {KEY_SIZE} bytes")
-        self._material = bytes(material)
-
-    def _wrapping_key(self, salt: bytes, associated_data: bytes) -> bytes:
-        return derive_wrapping_key(
-            self._material, salt, self.method, self.id_bytes, associated_data
-        )
-
-    def wrap(self, dek: bytes, *, salt: bytes, associated_data: bytes) -> bytes:
-        return aes_key_wrap(self._wrapping_key(salt, associated_data), dek)
-
-    def unwrap(self, body: bytes, *, salt: bytes, associated_data: bytes) -> bytes:
-        try:
-            return aes_key_unwrap(self._wrapping_key(salt, associated_data), body)
-        except (InvalidUnwrap, ValueError):
-            raise IntegrityError(
-                f"wrapped data key does not open with KEK {self.id!r} for this envelope "
-                "(key slot changed, spliced from another envelope, or wrong key material)"
-            ) from None
-
-    def with_state(self, state: KeyState) -> LocalKey:
-        return LocalKey(self.id, self._material, state, self.created)
-
-    def to_dict(self) -> dict[str, Any]:
-        entry = self.describe()
-        entry["key"] = base64.b64encode(self._material).decode("ascii")
-        return entry
-
-    @property
-    def is_example(self) -> bool:
-        return self._material.startswith(EXAMPLE_MARKER)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file in the same folder, fsync, rename,
-    folder fsync), mode 0600 from the first byte: for keyrings and anything holding keys."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def derive_wrapping_key(
-    secret: bytes, salt: bytes, method: WrapMethod, kek_id: bytes, associated_data: bytes
-) -> bytes:
-    """The per-envelope key that wraps one DEK (docs/format.md, "Key wrap")."""
-    info = b"".join(
-        (
-            WRAP_LABEL,
-            bytes((method, len(kek_id))),
-            kek_id,
-            hashlib.sha256(associated_data).digest(),
-        )
-    )
-    return HKDF(_SHA256, KEY_SIZE, salt, info).derive(secret)
-
-
-def _format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_time(value: object, kek_id: str) -> datetime:
@@ -212,8 +69,6 @@ def _entry_from_dict(raw: object) -> KeyEntry:
             raise KeyringError(f"key {kek_id!r}: 'key' is not valid base64") from None
         return LocalKey(kek_id, decoded, state, created)
     if "kms_key_id" in raw:
-        from .kms import KmsKey
-
         kms_key_id = raw["kms_key_id"]
         if not isinstance(kms_key_id, str):
             raise KeyringError(f"key {kek_id!r}: 'kms_key_id' must be a string")
@@ -354,8 +209,6 @@ class Keyring:
 
     def with_kms(self, provider: KmsProvider) -> Keyring:
         """A keyring whose KMS entries call KMS through ``provider`` (endpoint, caches, scope)."""
-        from .kms import KmsKey
-
         return Keyring(
             e.with_provider(provider) if isinstance(e, KmsKey) else e
             for e in self._entries.values()

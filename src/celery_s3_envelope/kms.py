@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from .envelope import WrapMethod
-from .errors import EnvelopeError, IntegrityError, KeyringError
-from .keyring import KeyEntry, KeyState, derive_wrapping_key
+from .errors import EnvelopeError, IntegrityError, KeyringError, error_code
+from .kek import KeyEntry, KeyState, derive_wrapping_key
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
@@ -194,7 +194,7 @@ class KmsProvider:
         try:
             return call()
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "Unknown")
+            code = error_code(exc) or "Unknown"
             if code in ("ThrottlingException", "KMSInternalException", "InternalFailure"):
                 raise  # transient: left to the caller's (Celery's) retry logic
             raise KmsError(

@@ -34,7 +34,8 @@ from .envelope import (
     unpack,
 )
 from .errors import IntegrityError, SizeLimitExceeded, UnsupportedVersion
-from .keyring import KeyEntry, Keyring
+from .kek import KeyEntry
+from .keyring import Keyring
 
 _SHA256 = hashes.SHA256()  # stateless: one instance serves every derivation
 DEK_SIZE = 32

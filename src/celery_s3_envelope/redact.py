@@ -4,7 +4,7 @@ The envelope seals what the backend stores, but Celery prints the same values el
 tracer logs each return value and each exception (``celery.app.trace``), and with task events on,
 ``task-succeeded`` carries the result's repr and ``task-failed`` the exception. Two hooks cover
 that without patching Celery, and ``install(app)``, called when the backend starts and when a worker
-starts (``celery_command``, so ``--quiet`` workers too), applies both:
+starts (``celery_command.install_at_worker_start``, so ``--quiet`` workers too), applies both:
 
 * a logging filter on the loggers that print them (``LOGGERS``). A logger's filter runs before any
   handler formats the record, whatever the handlers are; pool children inherit it when forked, or
@@ -25,11 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from celery.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 from celery.utils.imports import symbol_by_name  # type: ignore[import-untyped]
 from celery.utils.saferepr import saferepr  # type: ignore[import-untyped]
 
 from .redact_text import REDACTED, exception_summary, result_marker, traceback_summary
+from .settings import setting_bool
 
 __all__ = [
     "EXCEPTIONS_SETTING",
@@ -39,7 +39,6 @@ __all__ = [
     "RedactingDispatcher",
     "RedactingFilter",
     "install",
-    "install_at_worker_start",
     "redact_event",
     "settings_from_conf",
     "uninstall",
@@ -54,8 +53,6 @@ LOGGERS = ("celery.app.trace", "celery.worker.request", "celery.backends.base")
 CHORD_LOGGER = "celery.backends.base"
 EXCEPTION_EVENTS = frozenset({"task-failed", "task-retried"})
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 _lock = threading.Lock()
 
 
@@ -65,20 +62,11 @@ class RedactSettings:
     exceptions: bool
 
 
-def _flag(conf: Mapping[str, Any], name: str) -> bool:
-    value = conf.get(name)
-    if value is None or isinstance(value, bool):
-        return value is not False
-    text = str(value).strip().lower()
-    if text in _TRUE | _FALSE:
-        return text in _TRUE
-    raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}")
-
-
 def settings_from_conf(conf: Mapping[str, Any]) -> RedactSettings:
     """Both settings default to on; exceptions are redacted only when results are."""
-    results = _flag(conf, SETTING)
-    return RedactSettings(results=results, exceptions=results and _flag(conf, EXCEPTIONS_SETTING))
+    results = setting_bool(conf, SETTING, default=True)
+    exceptions = results and setting_bool(conf, EXCEPTIONS_SETTING, default=True)
+    return RedactSettings(results=results, exceptions=exceptions)
 
 
 class _Shown:
@@ -226,24 +214,6 @@ def install(app: Any) -> bool:
                 logger.addFilter(_FILTER)
         _install_events(app, settings.exceptions)
     return True
-
-
-def install_at_worker_start(sender: Any, **_: Any) -> None:
-    """``worker_init`` receiver (``celery_command``): ``install`` for a worker whose result
-    backend is ours, before the worker builds its event dispatcher."""
-    from celery.app.backends import by_url  # type: ignore[import-untyped]
-
-    from .backend import EnvelopeS3Backend
-
-    app = sender.app
-    if not app.conf.result_backend:
-        return
-    try:
-        backend_cls, _url = by_url(app.conf.result_backend, app.loader)
-    except (ImportError, ValueError, ImproperlyConfigured):
-        return  # a bad setting: the worker reports it when it builds the backend
-    if isinstance(backend_cls, type) and issubclass(backend_cls, EnvelopeS3Backend):
-        install(app)
 
 
 def uninstall(app: Any) -> None:

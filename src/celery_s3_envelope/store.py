@@ -29,6 +29,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from .errors import error_code
+
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
@@ -56,11 +58,6 @@ NOT_HONOURED = (
     "the server refused If-Match on an unchanged object: it does not honour conditional writes "
     "here (Ceph RGW on a versioned bucket; docs/compatibility.md)"
 )
-
-
-def error_code(exc: ClientError) -> str:
-    """The S3 error code of a ``ClientError`` ('' when the server sent none)."""
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def http_status(exc: ClientError) -> int:

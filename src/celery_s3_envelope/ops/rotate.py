@@ -18,14 +18,21 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .envelope import is_envelope, unpack
-from .errors import EnvelopeError
-from .keyring import Keyring
-from .pipeline import Pipeline, rewrap
-from .store import NOT_HONOURED, Fetched, ObjectInfo, S3Store, is_missing_key, is_write_conflict
+from ..envelope import is_envelope, unpack
+from ..errors import EnvelopeError
+from ..keyring import Keyring
+from ..pipeline import Pipeline, rewrap
+from ..store import ObjectInfo, S3Store
+from .rewrite import fetch_for_rewrite, refused_write, rewrite
 from .sweep import ObjectResult, Outcome, Sweep, SweepReport, describe_error
 
-OUTCOMES = (Outcome.REWRAPPED, Outcome.CURRENT, Outcome.CHANGED, Outcome.PLAINTEXT, Outcome.FAILED)
+ROTATE_OUTCOMES = (
+    Outcome.REWRAPPED,
+    Outcome.CURRENT,
+    Outcome.CHANGED,
+    Outcome.PLAINTEXT,
+    Outcome.FAILED,
+)
 
 
 def rotate_object(
@@ -41,12 +48,9 @@ def rotate_object(
     """Bring one object under the active KEK with a conditional write; never raises for S3 or
     envelope errors (they become the result), so one bad object does not stop a run."""
     key = info.key
-    try:
-        got = store.fetch(key)
-    except ClientError as exc:
-        return ObjectResult(key, Outcome.FAILED, reason=f"read failed: {describe_error(exc)}")
-    if got is None:
-        return ObjectResult(key, Outcome.CHANGED, reason="deleted meanwhile")
+    got = fetch_for_rewrite(store, key)
+    if isinstance(got, ObjectResult):
+        return got
     data = got.body
     if not is_envelope(data):
         return ObjectResult(key, Outcome.PLAINTEXT)
@@ -70,32 +74,6 @@ def rotate_object(
     if verify:
         return _verified(store, keyring, key, kek_id, pipeline or Pipeline())
     return ObjectResult(key, Outcome.REWRAPPED, kek_id)
-
-
-def rewrite(store: S3Store, key: str, body: bytes, read: Fetched) -> None:
-    """Write ``body`` over the exact version ``read`` (If-Match), keeping what PutObject would
-    reset: the tag set (the expiry-class tag decides which lifecycle rule applies), server-side
-    encryption and its KMS key, the storage class."""
-    tags = store.get_tags(key) if read.tag_count else None
-    store.put(key, body, if_match=read.etag, tags=tags, extra=read.put_args)
-
-
-def refused_write(
-    store: S3Store, key: str, read: Fetched, exc: ClientError, kek_id: str | None = None
-) -> ObjectResult:
-    """What a refused ``rewrite`` means: *changed* when someone else rewrote or deleted the
-    object since it was read; *failed* otherwise, saying why, so that a server that ignores the
-    condition never passes for a run where every object raced (one HeadObject, on refusal only)."""
-    if is_write_conflict(exc) or is_missing_key(exc):
-        try:
-            unchanged = store.refused_unchanged(key, read.etag)
-        except ClientError as head_exc:
-            reason = f"write refused, then unreadable: {describe_error(head_exc)}"
-            return ObjectResult(key, Outcome.FAILED, kek_id, reason=reason)
-        if unchanged:
-            return ObjectResult(key, Outcome.FAILED, kek_id, reason=NOT_HONOURED)
-        return ObjectResult(key, Outcome.CHANGED, kek_id, reason="rewritten meanwhile")
-    return ObjectResult(key, Outcome.FAILED, kek_id, reason=f"write failed: {describe_error(exc)}")
 
 
 def _verified(
@@ -135,5 +113,7 @@ class Rotation(Sweep[ObjectResult, SweepReport]):
             verify=verify,
             pipeline=pipeline or Pipeline(),
         )
-        report = SweepReport("rotate", OUTCOMES, target_kek=keyring.active.id, dry_run=dry_run)
+        report = SweepReport(
+            "rotate", ROTATE_OUTCOMES, target_kek=keyring.active.id, dry_run=dry_run
+        )
         super().__init__(store, step, report, **sweep_options)

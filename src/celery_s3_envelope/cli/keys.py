@@ -10,17 +10,17 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
-from .errors import KeyringError
-from .keyring import KEY_SIZE, Keyring, KeyState, LocalKey, write_private
+from ..errors import KeyringError
+from ..kek import KEY_SIZE, KeyState, LocalKey
+from ..keyring import Keyring
+from ..ops.context import load_keyring_file
+from ..private_file import write_private
+from .options import CONTEXT_SETTINGS, warn
 
-F = TypeVar("F", bound=Callable[..., Any])
-CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _NUMBERED = re.compile(r"k(\d+)")
 
 
@@ -35,10 +35,8 @@ def next_key_id(keyring: Keyring) -> str:
 
 def _load(path: Path) -> Keyring:
     """Load for editing; the keyring's own warnings (file mode) become one-line notes."""
-    from .cli_sources import load_keyring_file
-
     try:
-        return load_keyring_file(path)
+        return load_keyring_file(path, warn)
     except KeyringError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import click
 
+from .options import CONTEXT_SETTINGS
+
 BUCKET = "demo-results"
 BASE_PATH = "results/"
 REGION = "us-east-1"
@@ -142,8 +144,8 @@ class Demo:
 
     # -- 2. keyring and configuration -------------------------------------------------------------
     def prepare(self, work: Path, endpoint: str) -> dict[str, Any]:
-        from .keyring import Keyring
-        from .store import S3Store
+        from ..keyring import Keyring
+        from ..store import S3Store
 
         S3Store(BUCKET, **self._s3_args(endpoint)).client.create_bucket(Bucket=BUCKET)
         self.say("keyring")
@@ -204,7 +206,7 @@ class Demo:
         self.say("worker")
         concurrency = 1 if self.short else 2
         command = [
-            sys.executable, "-m", "celery", "-A", "celery_s3_envelope.demo_app", "worker",
+            sys.executable, "-m", "celery", "-A", "celery_s3_envelope.cli.demo_app", "worker",
             "--pool=prefork", f"--concurrency={concurrency}", "--loglevel=WARNING",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
             "--hostname=demo@localhost",
@@ -285,10 +287,10 @@ class Demo:
     def show_bucket(
         self, work: Path, settings: dict[str, Any], endpoint: str, expected: int
     ) -> None:
-        from .store import S3Store
+        from ..store import S3Store
 
         self.say("the bucket: each object's header, read without any key")
-        command = ["celery", "-A", "celery_s3_envelope.demo_app", "envelope", "inspect"]
+        command = ["celery", "-A", "celery_s3_envelope.cli.demo_app", "envelope", "inspect"]
         output = self._run(
             [sys.executable, "-m", *command], self._env(settings), work, expect_status=0
         )
@@ -313,9 +315,9 @@ class Demo:
     ) -> None:
         from celery import Celery
 
-        from .backend import backend_from_app
-        from .keyring import Keyring
-        from .pipeline import Pipeline
+        from ..keyring import Keyring
+        from ..ops.context import backend_from_app
+        from ..pipeline import Pipeline
 
         self.say("offline: one object downloaded, then decoded with only the file and the keyring")
         task_id = task_ids[FULL_CALLS[1]]
@@ -386,7 +388,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 @click.command(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    context_settings=CONTEXT_SETTINGS,
     short_help="Run S3, a worker and a few tasks locally; show the bucket.",
 )
 @click.option(

@@ -1,9 +1,8 @@
-"""Compliance operations: the audit scan, its ``--verify`` step, and migration from plaintext.
+"""The audit: ``scan`` and its ``--verify`` step, and ``classify``, which ``migrate`` shares.
 
 ``scan`` proves to an auditor what the bucket holds without any key: it lists the prefix and
-reads only each object's header with a ranged GET. With a keyring, ``verify_object`` opens each
-object in full. ``migrate_object`` seals, in place, results the stock Celery S3 backend wrote
-before the switch. All three run on ``sweep.Sweep``, like rotation.
+reads only each object's header with ranged GETs (``read_head``, which ``inspect`` uses too).
+With a keyring, ``verify_object`` opens each object in full. Both run on ``sweep.Sweep``.
 
 How an object is classified (``classify``):
 - *sealed*: it starts with the envelope magic and its header parses;
@@ -29,12 +28,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .envelope import PREAMBLE_SIZE, EnvelopeHeader, header_length, is_envelope, unpack
-from .errors import EnvelopeError
-from .keyring import Keyring
-from .pipeline import Pipeline
-from .rotation import refused_write, rewrite
-from .store import ObjectInfo, S3Store
+from ..envelope import PREAMBLE_SIZE, EnvelopeHeader, header_length, is_envelope, unpack
+from ..errors import EnvelopeError
+from ..keyring import Keyring
+from ..pipeline import Pipeline
+from ..store import ObjectInfo, S3Store
+from .celery_keys import is_celery_result_key
 from .sweep import (
     DEFAULT_WORKERS,
     ObjectResult,
@@ -45,7 +44,6 @@ from .sweep import (
     is_run_state,
 )
 
-CELERY_KEY_PREFIXES = ("celery-task-meta-", "celery-taskset-meta-", "chord-unlock-")
 HEADER_PROBE = 128
 """Bytes read beyond the object key's length: a whole local-KEK header for KEK ids up to 18
 bytes (110 + key + id). A longer header (long id, KMS slot) costs one more ranged GET."""
@@ -56,16 +54,6 @@ class State(StrEnum):
     PLAINTEXT = "plaintext"
     FOREIGN = "foreign"
     UNREADABLE = "unreadable"  # S3 would not serve it (archived, access denied...): unknown
-
-
-NOT_A_RESULT_KEY = "not a Celery result key: left as it is"
-
-
-def is_celery_result_key(key: str) -> bool:
-    """True when the key's last part holds one of Celery's result key prefixes (after any
-    ``global_keyprefix``): the only objects ``migrate`` may seal."""
-    name = key.rsplit("/", 1)[-1]
-    return any(prefix in name for prefix in CELERY_KEY_PREFIXES)
 
 
 def looks_like_celery_plaintext(key: str, head: bytes) -> bool:
@@ -186,20 +174,22 @@ class ScanReport:
         }
 
 
-def read_head(store: S3Store, info: ObjectInfo) -> bytes | None:
-    """The object's first bytes: its whole header if it is an envelope, read by ranged GETs."""
-    probe = min(info.size, HEADER_PROBE + len(info.key.encode("utf-8")))
+def read_head(store: S3Store, key: str, size: int) -> bytes | None:
+    """The object's first bytes, its whole header if it is an envelope, read by ranged GETs:
+    one of ``HEADER_PROBE`` bytes past the key's length, and one more for a longer header.
+    ``None`` when the object is gone."""
+    probe = min(size, HEADER_PROBE + len(key.encode("utf-8")))
     if probe == 0:
         return b""
-    head = store.get_range(info.key, 0, probe - 1)
+    head = store.get_range(key, 0, probe - 1)
     if head is None or not is_envelope(head) or len(head) < PREAMBLE_SIZE:
         return head
     try:
         total = header_length(head)
     except EnvelopeError:
         return head
-    if total > len(head) and total <= info.size:
-        rest = store.get_range(info.key, len(head), total - 1)
+    if total > len(head) and total <= size:
+        rest = store.get_range(key, len(head), total - 1)
         return None if rest is None else head + rest
     return head
 
@@ -209,7 +199,7 @@ def scan_object(store: S3Store, info: ObjectInfo, *, prefix: str = "") -> ScanEn
         reason = "a distributed run's state (docs/scale.md)"
         return ScanEntry(info.key, State.FOREIGN, info.size, info.last_modified, reason=reason)
     try:
-        head = read_head(store, info)
+        head = read_head(store, info.key, info.size)
     except ClientError as exc:  # one object S3 will not serve must not end the audit
         reason = describe_error(exc)
         return ScanEntry(info.key, State.UNREADABLE, info.size, info.last_modified, reason=reason)
@@ -287,81 +277,3 @@ def verify(
 def failure_classes(report: SweepReport) -> Counter[str]:
     """Failures counted by reason class (``IntegrityError``, ``UnknownKey``, S3 codes...)."""
     return Counter(reason.split(":", 1)[0] for _, reason in report.failures)
-
-
-# -- migrate --------------------------------------------------------------------------------
-
-MIGRATE_OUTCOMES = (
-    Outcome.SEALED,
-    Outcome.CURRENT,
-    Outcome.CHANGED,
-    Outcome.FOREIGN,
-    Outcome.FAILED,
-)
-
-
-def migrate_object(
-    store: S3Store,
-    keyring: Keyring,
-    pipeline: Pipeline,
-    info: ObjectInfo,
-    *,
-    dry_run: bool = False,
-) -> ObjectResult:
-    """Seal one plaintext Celery result in place under the active KEK, with ``If-Match`` on its
-    ETag.
-
-    Only keys Celery writes results under are considered: anything else under the prefix (a
-    README, a JSON config, another application's files) is counted *foreign* without being
-    read, even when it is text that ``scan`` reports as plaintext. The value is sealed as text
-    when it is UTF-8 (what the stock backend returns for text serializers), else as bytes; the
-    backend returns either as the app's serializer expects.
-    """
-    key = info.key
-    if not is_celery_result_key(key):
-        return ObjectResult(key, Outcome.FOREIGN, reason=NOT_A_RESULT_KEY)
-    try:
-        got = store.fetch(key)
-    except ClientError as exc:
-        return ObjectResult(key, Outcome.FAILED, reason=f"read failed: {describe_error(exc)}")
-    if got is None:
-        return ObjectResult(key, Outcome.CHANGED, reason="deleted meanwhile")
-    data = got.body
-    state, header, reason = classify(key, data)
-    if state is State.SEALED:
-        return ObjectResult(key, Outcome.CURRENT, header.kek_id if header else None)
-    if state is State.FOREIGN:
-        return ObjectResult(key, Outcome.FOREIGN, reason=reason)
-    value: str | bytes
-    try:
-        value = data.decode("utf-8")
-    except UnicodeDecodeError:
-        value = data
-    try:
-        sealed = pipeline.seal(value, key=key, keyring=keyring)
-    except EnvelopeError as exc:
-        return ObjectResult(key, Outcome.FAILED, reason=describe_error(exc))
-    if dry_run:
-        return ObjectResult(key, Outcome.SEALED, keyring.active.id)
-    try:
-        rewrite(store, key, sealed, got)
-    except ClientError as exc:
-        return refused_write(store, key, got, exc)
-    return ObjectResult(key, Outcome.SEALED, keyring.active.id)
-
-
-class Migration(Sweep[ObjectResult, SweepReport]):
-    """Seal every plaintext Celery result under a prefix; ``sweep_options`` are ``Sweep``'s."""
-
-    def __init__(
-        self,
-        store: S3Store,
-        keyring: Keyring,
-        *,
-        dry_run: bool = False,
-        pipeline: Pipeline | None = None,
-        **sweep_options: Any,
-    ) -> None:
-        step = partial(migrate_object, store, keyring, pipeline or Pipeline(), dry_run=dry_run)
-        report = SweepReport("migrate", MIGRATE_OUTCOMES, keyring.active.id, dry_run=dry_run)
-        super().__init__(store, step, report, **sweep_options)

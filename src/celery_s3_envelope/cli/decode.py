@@ -1,9 +1,4 @@
-"""The command line: ``celery-s3-envelope ...`` and ``celery -A proj envelope ...``.
-
-One click group, installed twice: the console script, and Celery's ``celery.commands`` entry point
-(through ``celery_command``).
-``decode`` and ``inspect`` live here; key management is in ``keys_cli``, the demo in ``demo``,
-reading sources (files, stdin, S3) in ``cli_sources``.
+"""``decode`` and ``inspect``: the values sealed in files or objects, and their headers.
 
 Exit status: 0 when every source was handled, 1 when any failed (one ``Error: SOURCE: reason``
 line on stderr each, never a traceback), 2 for usage errors.
@@ -13,79 +8,27 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import click
 
-from . import __version__
-from .cli_sources import (
-    Prefix,
-    S3Options,
-    SettingsError,
-    Source,
-    SourceError,
-    Workspace,
-    aws_errors,
-    parse_source,
-    s3_options,
-)
-from .demo import demo
-from .envelope import TAG_SIZE, Compression, EnvelopeHeader
-from .errors import (
-    EnvelopeError,
-    IntegrityError,
-    NotAnEnvelope,
-    SizeLimitExceeded,
-)
-from .keys_cli import keys
-from .ops_cli import lifecycle, migrate, rotate, scan
-from .pipeline import Pipeline
-from .pipeline import inspect as inspect_header
+from ..envelope import TAG_SIZE, Compression, EnvelopeHeader
+from ..errors import EnvelopeError, IntegrityError, NotAnEnvelope, SizeLimitExceeded
+from ..keyring import Keyring
+from ..ops.context import Context, SettingsError
+from ..pipeline import Pipeline
+from ..pipeline import inspect as inspect_header
+from ..private_file import write_private
+from .options import CONTEXT_SETTINGS, context_of, keyring_option, s3_options, settings_errors
+from .sources import Source, SourceError, aws_errors, read, read_header, sources_of
 
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-
-CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-@click.group(name="envelope", context_settings=CONTEXT_SETTINGS)
-@click.version_option(__version__, prog_name="celery-s3-envelope")
-def envelope() -> None:
-    """Read, audit and key Celery results sealed by celery-s3-envelope.
-
-    Standalone (`celery-s3-envelope ...`) S3 settings come from the options and boto3's usual
-    credential chain; as a Celery sub-command (`celery -A proj envelope ...`) they come from
-    the app's configuration, and options override them.
-
-    \b
-    Examples:
-      celery-s3-envelope decode result.bin --keyring keys.json
-      celery-s3-envelope inspect s3://my-results/celery/
-      celery -A proj envelope inspect
-      celery-s3-envelope keys add keys.json --activate
-    """
-
-
-def main() -> None:
-    """Console-script entry point."""
-    envelope.main(prog_name="celery-s3-envelope")
-
-
-# -- shared options ---------------------------------------------------------------------------
-
-
-def _workspace(ctx: click.Context, **options: str | None) -> Workspace:
-    return Workspace.from_context(ctx, S3Options(**options))
-
-
-def _fail_settings(exc: SettingsError) -> click.ClickException:
-    return click.ClickException(str(exc))
+Kind = Literal["json", "text", "bytes"]
 
 
 def _reason(exc: Exception) -> str:
@@ -99,38 +42,20 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-def _report_failure(source_name: str, exc: Exception) -> None:
-    click.echo(f"Error: {source_name}: {_reason(exc)}", err=True)
+@dataclass
+class Failures:
+    """Counts failed sources and reports each: one ``Error:`` line on stderr, and with
+    ``--json`` a record on stdout (``record`` holds its extra fields)."""
 
+    as_json: bool
+    record: dict[str, Any] = field(default_factory=dict)
+    count: int = 0
 
-def _sources(
-    workspace: Workspace, texts: Sequence[str], on_error: Callable[[str, Exception], None]
-) -> list[Source]:
-    """Every SOURCE argument expanded (S3 prefixes listed); no argument means the default
-    bucket and prefix. A prefix that cannot be listed is reported and counts as a failure."""
-    if texts and (workspace.options.bucket is not None or workspace.options.prefix is not None):
-        raise click.UsageError("--bucket and --prefix name what to read when no SOURCE is given")
-    try:
-        targets: list[Source | Prefix] = [parse_source(text) for text in texts]
-        if not targets:
-            default = workspace.default_prefix()
-            if default is None:
-                raise click.UsageError("give at least one SOURCE (a file, -, or s3://BUCKET/KEY)")
-            targets = [default]
-    except SettingsError as exc:
-        raise _fail_settings(exc) from None
-    if sum(1 for t in targets if isinstance(t, Source) and t.path is None and not t.is_s3) > 1:
-        raise click.UsageError("stdin (-) can be read only once")
-    sources: list[Source] = []
-    for target in targets:
-        if isinstance(target, Source):
-            sources.append(target)
-            continue
-        try:
-            sources.extend(workspace.expand(target))
-        except (SourceError, SettingsError) as exc:
-            on_error(target.name, exc)
-    return sources
+    def __call__(self, name: str, exc: Exception) -> None:
+        self.count += 1
+        click.echo(f"Error: {name}: {_reason(exc)}", err=True)
+        if self.as_json:
+            click.echo(json.dumps({"source": name, **self.record, "error": _reason(exc)}))
 
 
 def _progress(
@@ -185,16 +110,8 @@ def _meta_lines(record: dict[str, Any]) -> list[str]:
 
 # -- decode -----------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    """A decoded value ready for output: bytes to write, and what kind of value it is."""
-
-    data: bytes
-    kind: Literal["json", "text", "bytes"]
-
-
 _NOT_JSON = object()
+_SUFFIX = {"json": ".json", "text": ".txt", "bytes": ".bin"}
 
 
 def _parse_json(value: str | bytes) -> Any:
@@ -202,6 +119,14 @@ def _parse_json(value: str | bytes) -> Any:
         return json.loads(value)
     except (ValueError, UnicodeDecodeError):
         return _NOT_JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A decoded value ready for output: bytes to write, and what kind of value it is."""
+
+    data: bytes
+    kind: Kind
 
 
 def _render(value: str | bytes, *, raw: bool) -> Rendered:
@@ -226,50 +151,101 @@ def _json_value(value: str | bytes) -> dict[str, Any]:
     return {"value_type": "bytes", "value": base64.b64encode(value).decode("ascii")}
 
 
-_SUFFIX = {"json": ".json", "text": ".txt", "bytes": ".bin"}
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """One source opened: its value, rendered, its header record, and the file written."""
+
+    source: Source
+    value: str | bytes
+    rendered: Rendered
+    record: dict[str, Any]
+    written: Path | None
 
 
-def _output_name(source: Source, kind: Literal["json", "text", "bytes"], taken: set[str]) -> str:
-    """A file name for ``--out``: the source's base name plus a suffix, unique in this run."""
-    if source.key is not None:
-        base = source.key.rsplit("/", 1)[-1]
-    elif source.path is not None:
-        base = source.path.name
-    else:
-        base = "stdin"
-    base = base or "object"
-    name, n = f"{base}{_SUFFIX[kind]}", 1
-    while name in taken:
-        n += 1
-        name = f"{base}-{n}{_SUFFIX[kind]}"
-    taken.add(name)
-    return name
+@dataclass
+class Decoder:
+    """``decode``'s output options, and the sources it has opened so far."""
+
+    keyring: Keyring
+    raw: bool = False
+    meta: bool = False
+    as_json: bool = False
+    out: Path | None = None
+    many: bool = False
+    pipeline: Pipeline = field(default_factory=Pipeline)
+    taken: set[str] = field(default_factory=set)
+    """Output file names used so far in ``out``."""
+
+    def open(self, context: Context, source: Source) -> Decoded:
+        """Read, open and render one source; writes its file under ``--out``."""
+        data = read(context, source)
+        with aws_errors("KMS"):  # a KMS KEK: KMS unreachable or refusing
+            value = self.pipeline.unseal(data, keyring=self.keyring, key=source.key)
+        record = header_record(inspect_header(data), len(data))
+        rendered = _render(value, raw=self.raw)
+        if self.out is None and not self.raw and not self.as_json and rendered.kind == "bytes":
+            raise SourceError(f"binary value of {len(rendered.data)} bytes: use --raw or --out DIR")
+        written: Path | None = None
+        if self.out is not None:
+            written = self.out / self._output_name(source, rendered.kind)
+            try:
+                write_private(written, rendered.data)
+            except OSError as exc:
+                raise SourceError(f"cannot write output: {exc.strerror or exc}") from None
+        return Decoded(source, value, rendered, record, written)
+
+    def _output_name(self, source: Source, kind: Kind) -> str:
+        """A file name for ``--out``: the source's base name plus a suffix, unique in this run."""
+        if source.key is not None:
+            base = source.key.rsplit("/", 1)[-1]
+        elif source.path is not None:
+            base = source.path.name
+        else:
+            base = "stdin"
+        base = base or "object"
+        name, n = f"{base}{_SUFFIX[kind]}", 1
+        while name in self.taken:
+            n += 1
+            name = f"{base}-{n}{_SUFFIX[kind]}"
+        self.taken.add(name)
+        return name
+
+    def emit(self, decoded: Decoded) -> None:
+        """Print one opened source as the options say."""
+        name, record, written = decoded.source.name, decoded.record, decoded.written
+        if self.as_json:
+            line: dict[str, Any] = {"source": name}
+            if written is not None:
+                line["path"] = str(written)
+            else:
+                line.update(_json_value(decoded.value))
+            if self.meta:
+                line["meta"] = record
+            click.echo(json.dumps(line, ensure_ascii=False))
+            return
+        data = decoded.rendered.data
+        if self.raw and written is None:
+            if self.meta:
+                click.echo("\n".join([name, *_meta_lines(record)]), err=True)
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+            return
+        if written is not None:
+            click.echo(f"{name} -> {written}")
+        elif self.many:
+            click.echo(f"==> {name} <==")
+        if self.meta:
+            click.echo("\n".join(_meta_lines(record)))
+        if written is None:
+            click.echo(data, nl=not data.endswith(b"\n"))  # bytes: as stored
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a decoded value readable by its owner only: it is the plaintext the bucket hides."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            fd = -1
-            handle.write(data)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-@envelope.command(
+@click.command(
     context_settings=CONTEXT_SETTINGS, short_help="Print the values sealed in files or objects."
 )
 @click.argument("sources", nargs=-1, metavar="[SOURCE]...")
-@click.option(
-    "--keyring",
-    "keyring_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="PATH",
-    help="Keyring file (default: the Celery app's keyring, or $CELERY_S3_ENVELOPE_KEYRING).",
-)
+@keyring_option
 @click.option("--raw", is_flag=True, help="Write the exact stored bytes, not pretty JSON.")
 @click.option("--meta", is_flag=True, help="Also show the header: KEK id, sealed-for key, sizes.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per source (JSON Lines).")
@@ -283,16 +259,14 @@ def write_private(path: Path, data: bytes) -> None:
 @click.pass_context
 def decode(
     ctx: click.Context,
+    /,
     sources: tuple[str, ...],
     keyring_path: Path | None,
     raw: bool,
     meta: bool,
     as_json: bool,
     out: Path | None,
-    bucket: str | None,
-    prefix: str | None,
-    endpoint_url: str | None,
-    region: str | None,
+    **options: str | None,
 ) -> None:
     """Print the value sealed in each SOURCE: a file, - (stdin) or s3://BUCKET/KEY.
 
@@ -313,23 +287,11 @@ def decode(
     """
     if raw and as_json:
         raise click.UsageError("--raw and --json do not go together")
-    workspace = _workspace(
-        ctx, bucket=bucket, prefix=prefix, endpoint_url=endpoint_url, region=region
-    )
-    failures = 0
-
-    def fail(name: str, exc: Exception) -> None:
-        nonlocal failures
-        failures += 1
-        _report_failure(name, exc)
-        if as_json:
-            click.echo(json.dumps({"source": name, "error": _reason(exc)}))
-
-    try:
-        keyring = workspace.keyring(keyring_path)
-    except SettingsError as exc:
-        raise _fail_settings(exc) from None
-    items = _sources(workspace, sources, fail)
+    context = context_of(ctx, options)
+    fail = Failures(as_json)
+    with settings_errors():
+        keyring = context.keyring(keyring_path)
+    items = sources_of(context, sources, fail)
     if raw and out is None and len(items) > 1:
         raise click.UsageError("--raw with several sources needs --out DIR")
     if out is not None:
@@ -337,77 +299,22 @@ def decode(
             out.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise click.ClickException(f"cannot create {out}: {exc.strerror or exc}") from None
-    pipeline = Pipeline()
-    taken: set[str] = set()
-    many = len(items) > 1
+    decoder = Decoder(keyring, raw=raw, meta=meta, as_json=as_json, out=out, many=len(items) > 1)
     with _progress(items, "decoding", stdout_busy=True) as bar:
         for source in bar:
             try:
-                data = workspace.read(source)
-                with aws_errors("KMS"):  # a KMS KEK: KMS unreachable or refusing
-                    value = pipeline.unseal(data, keyring=keyring, key=source.key)
-                record = header_record(inspect_header(data), len(data))
-                rendered = _render(value, raw=raw)
-                if out is None and not raw and not as_json and rendered.kind == "bytes":
-                    raise SourceError(
-                        f"binary value of {len(rendered.data)} bytes: use --raw or --out DIR"
-                    )
-                written: Path | None = None
-                if out is not None:
-                    written = out / _output_name(source, rendered.kind, taken)
-                    write_private(written, rendered.data)
+                decoded = decoder.open(context, source)
             except (SourceError, EnvelopeError, SettingsError) as exc:
                 fail(source.name, exc)
                 continue
-            except OSError as exc:  # --out could not be written
-                fail(source.name, SourceError(f"cannot write output: {exc.strerror or exc}"))
-                continue
-            _emit_decoded(source, value, rendered, record, written, as_json, meta, raw, many)
-    ctx.exit(1 if failures else 0)
-
-
-def _emit_decoded(
-    source: Source,
-    value: str | bytes,
-    rendered: Rendered,
-    record: dict[str, Any],
-    written: Path | None,
-    as_json: bool,
-    meta: bool,
-    raw: bool,
-    many: bool,
-) -> None:
-    if as_json:
-        line: dict[str, Any] = {"source": source.name}
-        if written is not None:
-            line["path"] = str(written)
-        else:
-            line.update(_json_value(value))
-        if meta:
-            line["meta"] = record
-        click.echo(json.dumps(line, ensure_ascii=False))
-        return
-    if raw and written is None:
-        if meta:
-            click.echo("\n".join([source.name, *_meta_lines(record)]), err=True)
-        sys.stdout.flush()
-        sys.stdout.buffer.write(rendered.data)
-        sys.stdout.buffer.flush()
-        return
-    if written is not None:
-        click.echo(f"{source.name} -> {written}")
-    elif many:
-        click.echo(f"==> {source.name} <==")
-    if meta:
-        click.echo("\n".join(_meta_lines(record)))
-    if written is None:
-        click.echo(rendered.data, nl=not rendered.data.endswith(b"\n"))  # bytes: as stored
+            decoder.emit(decoded)
+    ctx.exit(1 if fail.count else 0)
 
 
 # -- inspect ----------------------------------------------------------------------------------
 
 
-@envelope.command(
+@click.command(
     context_settings=CONTEXT_SETTINGS, short_help="Show envelope headers (no keyring needed)."
 )
 @click.argument("sources", nargs=-1, metavar="[SOURCE]...")
@@ -415,13 +322,7 @@ def _emit_decoded(
 @s3_options
 @click.pass_context
 def inspect(
-    ctx: click.Context,
-    sources: tuple[str, ...],
-    as_json: bool,
-    bucket: str | None,
-    prefix: str | None,
-    endpoint_url: str | None,
-    region: str | None,
+    ctx: click.Context, /, sources: tuple[str, ...], as_json: bool, **options: str | None
 ) -> None:
     """Show each SOURCE's header without opening it: no keyring needed.
 
@@ -437,24 +338,15 @@ def inspect(
       celery-s3-envelope inspect --json s3://results/celery/ | jq -r .kek_id | sort | uniq -c
       celery -A proj envelope inspect
     """
-    workspace = _workspace(
-        ctx, bucket=bucket, prefix=prefix, endpoint_url=endpoint_url, region=region
-    )
-    failures = sealed = 0
+    context = context_of(ctx, options)
+    fail = Failures(as_json, record={"sealed": False})
+    sealed = 0
     records: list[tuple[Source, dict[str, Any]]] = []
-
-    def fail(name: str, exc: Exception) -> None:
-        nonlocal failures
-        failures += 1
-        _report_failure(name, exc)
-        if as_json:
-            click.echo(json.dumps({"source": name, "sealed": False, "error": _reason(exc)}))
-
-    items = _sources(workspace, sources, fail)
+    items = sources_of(context, sources, fail)
     with _progress(items, "inspecting", stdout_busy=as_json) as bar:
         for source in bar:
             try:
-                head, size = workspace.read_header(source)
+                head, size = read_header(context, source)
                 header = inspect_header(head)
                 if source.key is not None and header.key != source.key:
                     raise IntegrityError(
@@ -472,9 +364,9 @@ def inspect(
                 records.append((source, record))
     if records:
         _print_table(records)
-    if sealed + failures > 1 and not as_json:
-        click.echo(f"{sealed} sealed, {failures} failed", err=True)
-    ctx.exit(1 if failures else 0)
+    if sealed + fail.count > 1 and not as_json:
+        click.echo(f"{sealed} sealed, {fail.count} failed", err=True)
+    ctx.exit(1 if fail.count else 0)
 
 
 def _print_table(records: list[tuple[Source, dict[str, Any]]]) -> None:
@@ -500,15 +392,3 @@ def _print_table(records: list[tuple[Source, dict[str, Any]]]) -> None:
             row[i].rjust(widths[i]) if i in (2, 3) else row[i].ljust(widths[i]) for i in range(5)
         ]
         click.echo("  ".join([*cells, row[5]]))
-
-
-envelope.add_command(keys)
-envelope.add_command(demo)
-envelope.add_command(rotate)
-envelope.add_command(migrate)
-envelope.add_command(scan)
-envelope.add_command(lifecycle)
-
-
-if __name__ == "__main__":  # python -m celery_s3_envelope.cli (what the demo runs)
-    main()

@@ -19,22 +19,16 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from .store import ObjectInfo, S3Store
+from .celery_keys import celery_prefixes
 
-CELERY_PREFIXES = ("celery-task-meta-", "celery-taskset-meta-", "chord-unlock-")
+if TYPE_CHECKING:
+    from ..store import ObjectInfo, S3Store
+
 BOUNDARY_DIGITS = 4
 """Hex digits of a boundary: up to 65,536 ranges per prefix."""
 MAX_CHAR = "\U0010ffff"
 """Sorts after every other character: ``P + MAX_CHAR`` is past every key S3 would hold under P
 (a longer key made of MAX_CHAR only is filtered by the catch-all rather than lost)."""
-
-
-def celery_prefixes(global_keyprefix: str = "") -> tuple[str, ...]:
-    """Celery's key prefixes with ``global_keyprefix`` applied as Celery applies it."""
-    if global_keyprefix and global_keyprefix[-1] not in ":_-.":
-        global_keyprefix += "_"
-    return tuple(global_keyprefix + prefix for prefix in CELERY_PREFIXES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ def settings_from_env() -> dict[str, Any]:
     return settings
 
 
-app = Celery("celery_s3_envelope.demo_app", set_as_current=False)
+app = Celery("celery_s3_envelope.cli.demo_app", set_as_current=False)
 app.conf.update(settings_from_env())
 
 

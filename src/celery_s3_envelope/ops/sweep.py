@@ -1,4 +1,4 @@
-"""The bucket-wide driver shared by ``rotate``, ``migrate`` and ``scan --verify``.
+"""The bucket-wide driver shared by ``rotate``, ``migrate``, ``scan`` and ``scan --verify``.
 
 A sweep lists a prefix in key order (constant memory), runs a per-object step on a pool of
 threads with a bounded window of objects in flight, and records results *in listing order*: so
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from .errors import EnvelopeError
+from ..errors import EnvelopeError, error_code
 
-if TYPE_CHECKING:  # botocore only where S3 is used: the CLI imports this module for decode too
-    from .store import ObjectInfo, S3Store
+if TYPE_CHECKING:  # botocore only where S3 is used: offline decode imports this module too
+    from ..store import ObjectInfo, S3Store
 
 DEFAULT_WORKERS = 16
 RUNS_DIR = ".envelope-runs/"
@@ -104,10 +104,10 @@ class SweepReport:
 
 def describe_error(exc: BaseException) -> str:
     """A one-line reason for a report: the S3 error code, or the envelope error and message."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import ClientError  # only when S3 failed: decode imports this module
 
     if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+        return error_code(exc) or "Unknown"
     if isinstance(exc, EnvelopeError):
         return f"{type(exc).__name__}: {exc}"
     return type(exc).__name__

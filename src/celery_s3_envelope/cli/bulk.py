@@ -1,0 +1,317 @@
+"""Bucket-wide commands: ``rotate``, ``migrate``, ``scan`` and ``lifecycle apply``; their engines
+are ``ops.rotate``, ``ops.migrate``, ``ops.scan`` and ``lifecycle``.
+
+Each lists the bucket and prefix given by the options (or the Celery app's ``s3_bucket`` and
+``s3_base_path``), shows a progress line with its rate on a terminal, and prints a report (text,
+or ``--json`` for scripts and audit evidence).
+
+Exit status: ``rotate`` / ``migrate``: 0 when nothing failed, 1 otherwise; ``scan``: 2 when any
+plaintext result was found (for cron / CI alerts), else 1 when an object could not be read or
+``--verify`` saw a failure, else 0.
+An interrupted run (Ctrl-C) prints what it did and the key to ``--resume-from``, and exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..ops.context import Context, Prefix
+from ..ops.sweep import Sweep, SweepReport
+from .distributed import Distributed, distributed_options
+from .options import (
+    context_of,
+    json_option,
+    keyring_option,
+    s3_options,
+    settings_errors,
+    workers_option,
+)
+from .reports import interrupted, print_scan, print_sweep, with_progress
+
+
+def _target(ctx: click.Context, options: dict[str, Any]) -> tuple[Context, Prefix]:
+    context = context_of(ctx, options)
+    with settings_errors():
+        prefix = context.default_prefix()
+    if prefix is None:
+        raise click.UsageError("which bucket? pass --bucket (or run as `celery -A proj envelope`)")
+    return context, prefix
+
+
+def _sweep_command(sweep: Sweep[Any, SweepReport], target: Prefix, as_json: bool) -> None:
+    def run(progress: Callable[[object], None]) -> SweepReport:
+        sweep.on_result = progress
+        return sweep.run()
+
+    try:
+        report: SweepReport = with_progress(sweep.report.operation, as_json, run)
+    except KeyboardInterrupt:
+        interrupted(sweep.report)
+        sys.exit(130)
+    print_sweep(report, target, as_json)
+    if not report.ok:
+        sys.exit(1)
+
+
+# -- rotate -----------------------------------------------------------------------------------
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  celery-s3-envelope rotate --bucket my-results --prefix celery/ --keyring keys.json
+  celery-s3-envelope rotate --bucket my-results --keyring keys.json --dry-run
+  celery -A proj envelope rotate --verify --json
+See docs/rotation.md for the whole runbook (add key, activate, deploy, rotate, retire)."""
+)
+@keyring_option
+@workers_option
+@click.option("--dry-run", is_flag=True, help="Read and count; write nothing.")
+@click.option("--limit", type=click.IntRange(0), help="Stop after this many objects.")
+@click.option("--resume-from", metavar="KEY", help="Start after this key (a report's last key).")
+@click.option("--verify", is_flag=True, help="Re-read and open every rewritten object.")
+@click.option("--reencrypt", is_flag=True, help="Seal again under a fresh data key, not a rewrap.")
+@distributed_options
+@json_option
+@s3_options
+@click.pass_context
+def rotate(
+    ctx: click.Context,
+    /,
+    keyring_path: Path | None,
+    workers: int,
+    dry_run: bool,
+    limit: int | None,
+    resume_from: str | None,
+    verify: bool,
+    reencrypt: bool,
+    distributed: Distributed | None,
+    as_json: bool,
+    **options: str | None,
+) -> None:
+    """Re-wrap every envelope under the prefix to the keyring's active KEK.
+
+    Each object is written back only if nobody changed it since it was read (If-Match): a result
+    a worker stored meanwhile is kept and counted as changed. Safe to interrupt and re-run."""
+    from ..ops.rotate import Rotation
+
+    context, target = _target(ctx, options)
+    with settings_errors():
+        keyring = context.keyring_for(target, keyring_path)
+    flags = {"dry_run": dry_run, "verify": verify, "reencrypt": reencrypt}
+    if distributed is not None:
+        distributed.run(
+            context, target, "rotate", keyring, {"workers": workers, **flags}, as_json=as_json
+        )
+        return
+    sweep = Rotation(
+        context.store(target.bucket),
+        keyring,
+        dry_run=dry_run,
+        reencrypt=reencrypt,
+        verify=verify,
+        prefix=target.prefix,
+        workers=workers,
+        limit=limit,
+        resume_from=resume_from,
+    )
+    _sweep_command(sweep, target, as_json)
+
+
+# -- migrate ----------------------------------------------------------------------------------
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  celery-s3-envelope migrate --bucket my-results --prefix celery/ --keyring keys.json --dry-run
+  celery -A proj envelope migrate
+See docs/migration.md for switching from Celery's S3 backend with no downtime."""
+)
+@keyring_option
+@workers_option
+@click.option("--dry-run", is_flag=True, help="Read and count; write nothing.")
+@click.option("--limit", type=click.IntRange(0), help="Stop after this many objects.")
+@click.option("--resume-from", metavar="KEY", help="Start after this key (a report's last key).")
+@distributed_options
+@json_option
+@s3_options
+@click.pass_context
+def migrate(
+    ctx: click.Context,
+    /,
+    keyring_path: Path | None,
+    workers: int,
+    dry_run: bool,
+    limit: int | None,
+    resume_from: str | None,
+    distributed: Distributed | None,
+    as_json: bool,
+    **options: str | None,
+) -> None:
+    """Seal in place every plaintext result the stock S3 backend left under the prefix.
+
+    Written with If-Match on the ETag read: a result a live worker stored meanwhile is kept."""
+    from ..ops.migrate import Migration
+
+    context, target = _target(ctx, options)
+    with settings_errors():
+        keyring = context.keyring_for(target, keyring_path)
+    if distributed is not None:
+        run_options = {"workers": workers, "dry_run": dry_run}
+        distributed.run(context, target, "migrate", keyring, run_options, as_json=as_json)
+        return
+    store = context.store(target.bucket)
+    sweep = Migration(
+        store, keyring, dry_run=dry_run, prefix=target.prefix, workers=workers, limit=limit,
+        resume_from=resume_from,
+    )  # fmt: skip
+    _sweep_command(sweep, target, as_json)
+
+
+# -- scan -------------------------------------------------------------------------------------
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  celery-s3-envelope scan --bucket my-results --prefix celery/
+  celery-s3-envelope scan --bucket my-results --keyring keys.json --verify --json > evidence.json
+  celery -A proj envelope scan || alert "plaintext results in the bucket"
+Exit status 2 when any plaintext result is found."""
+)
+@keyring_option
+@workers_option
+@click.option("--verify", is_flag=True, help="Also open every object with the keyring.")
+@distributed_options
+@json_option
+@s3_options
+@click.pass_context
+def scan(
+    ctx: click.Context,
+    /,
+    keyring_path: Path | None,
+    workers: int,
+    verify: bool,
+    distributed: Distributed | None,
+    as_json: bool,
+    **options: str | None,
+) -> None:
+    """Report what the bucket holds, without keys: sealed (by KEK and format version),
+    plaintext and foreign objects, sizes, oldest and newest per KEK.
+
+    Reads only each object's header (a ranged GET); --verify opens every object in full."""
+    from ..ops import scan as audit
+
+    context, target = _target(ctx, options)
+    if distributed is not None:
+        if not verify and not distributed.resume_run:
+            raise click.UsageError("--distributed runs `scan --verify` only")
+        with settings_errors():
+            reader = context.keyring(keyring_path)
+        distributed.run(context, target, "verify", reader, {"workers": workers}, as_json=as_json)
+        return
+    store = context.store(target.bucket)
+    try:
+        with settings_errors():
+            keyring = context.keyring_for(target, keyring_path) if verify else None
+        report = with_progress(
+            "scan",
+            as_json,
+            lambda progress: audit.scan(
+                store, prefix=target.prefix, workers=workers, on_result=progress
+            ),
+        )
+        checked = (
+            with_progress(
+                "verify",
+                as_json,
+                lambda progress: audit.verify(
+                    store, keyring, prefix=target.prefix, workers=workers, on_result=progress
+                ),
+            )
+            if keyring is not None
+            else None
+        )
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted", err=True)
+        sys.exit(130)
+    print_scan(report, checked, target, as_json)
+    if report.plaintext_found:
+        sys.exit(2)
+    if report.counts["unreadable"] or (checked is not None and not checked.ok):
+        sys.exit(1)
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+
+@click.group()
+def lifecycle() -> None:
+    """Expire results with an S3 lifecycle rule instead of Celery's daily cleanup task."""
+
+
+@lifecycle.command(
+    epilog="""\b
+Examples:
+  celery -A proj envelope lifecycle apply --dry-run     # days from result_expires
+  celery-s3-envelope lifecycle apply --bucket my-results --prefix celery/ --days 1
+Then set envelope_expiry = "lifecycle" so Celery stops scheduling celery.backend_cleanup."""
+)
+@click.option(
+    "--days",
+    type=click.IntRange(1),
+    help="Expire after N days (default: the app's result_expires, rounded up to whole days).",
+)
+@click.option(
+    "--failure-days",
+    type=click.IntRange(1),
+    help="Expire failed results after N days "
+    "(default: the app's result_failure_expires; needs the backend's expiry tags).",
+)
+@click.option("--dry-run", is_flag=True, help="Show the rules that would be written.")
+@json_option
+@s3_options
+@click.pass_context
+def apply(
+    ctx: click.Context,
+    /,
+    days: int | None,
+    failure_days: int | None,
+    dry_run: bool,
+    as_json: bool,
+    **options: str | None,
+) -> None:
+    """Install (or update) the expiry rule for the prefix, keeping every other rule.
+
+    Idempotent: running it again with the same settings changes nothing."""
+    from .. import lifecycle as rules
+
+    context, target = _target(ctx, options)
+    conf = context.app.conf if context.app is not None else None
+    if days is None and conf is not None and conf.result_expires:
+        days = rules.whole_days(conf.result_expires)
+    if failure_days is None and conf is not None and conf.get("result_failure_expires"):
+        failure_days = rules.whole_days(conf.result_failure_expires)
+    if days is None:
+        raise click.UsageError("how many days? pass --days (or set the app's result_expires)")
+    store = context.store(target.bucket)
+    plan = rules.plan(store.lifecycle_rules(), rules.our_rules(target.prefix, days, failure_days))
+    if plan.changes and not dry_run:
+        store.put_lifecycle_rules(plan.merged)
+    state = "unchanged" if not plan.changes else ("would change" if dry_run else "applied")
+    if as_json:
+        click.echo(
+            json.dumps({"target": target.name, "state": state, "rules": plan.merged}, indent=2)
+        )
+        return
+    click.echo(f"lifecycle {target.name}: {state}")
+    for rule in plan.merged:
+        marker = "*" if rules.is_ours(rule) else " "
+        click.echo(f" {marker} {json.dumps(rule, sort_keys=True)}")
