@@ -21,9 +21,9 @@ from payloads import celery_result
 from server import Endpoint, fresh_bucket, s3_endpoint
 
 import celery_s3_envelope as cse
-from celery_s3_envelope.distributed import Driver
-from celery_s3_envelope.rotation import Rotation
-from celery_s3_envelope.shards import CELERY_PREFIXES
+from celery_s3_envelope.ops.celery_keys import CELERY_KEY_PREFIXES
+from celery_s3_envelope.ops.rotate import Rotation
+from celery_s3_envelope.ops.runs import Driver
 from celery_s3_envelope.store import S3Store
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
@@ -35,7 +35,7 @@ def _fill(store: S3Store, keyring: cse.Keyring, count: int) -> None:
     value = celery_result(1024)
 
     def put(i: int) -> None:
-        key = f"{BASE}{CELERY_PREFIXES[i % 3]}{uuid.uuid4()}"
+        key = f"{BASE}{CELERY_KEY_PREFIXES[i % 3]}{uuid.uuid4()}"
         store.put(key, cse.seal(value, key=key, keyring=keyring))
 
     with ThreadPoolExecutor(16) as pool:

@@ -14,7 +14,7 @@ from server import add_latency, fresh_bucket, moto_process, s3_endpoint
 
 import celery_s3_envelope as cse
 from celery_s3_envelope.kms import KmsKey
-from celery_s3_envelope.rotation import Rotation
+from celery_s3_envelope.ops.rotate import Rotation
 from celery_s3_envelope.store import S3Store
 
 

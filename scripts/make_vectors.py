@@ -20,7 +20,8 @@ from celery_s3_envelope.envelope import (
     pack,
     unpack,
 )
-from celery_s3_envelope.keyring import Keyring, KeyState, LocalKey
+from celery_s3_envelope.kek import KeyState, LocalKey
+from celery_s3_envelope.keyring import Keyring
 from celery_s3_envelope.kms import KmsKey, KmsProvider
 from celery_s3_envelope.pipeline import EncryptStage, Pipeline
 

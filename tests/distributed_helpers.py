@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import celery_s3_envelope as cse
-from celery_s3_envelope.shards import CELERY_PREFIXES
+from celery_s3_envelope.ops.celery_keys import CELERY_KEY_PREFIXES
 from celery_s3_envelope.store import S3Store
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def value(i: int, version: str = "v1") -> str:
 
 def layout(count: int, unknown: int) -> tuple[list[str], list[str]]:
     """Envelope keys round-robin over the three prefixes, and unknown keys in the gaps."""
-    envelopes = [f"{BASE}{CELERY_PREFIXES[i % 3]}{uuid.uuid4()}" for i in range(count)]
+    envelopes = [f"{BASE}{CELERY_KEY_PREFIXES[i % 3]}{uuid.uuid4()}" for i in range(count)]
     others = [f"{BASE}{UNKNOWN_PLACES[i % 4]}{i}" for i in range(unknown)]
     return envelopes, others
 

@@ -17,16 +17,10 @@ from celery import Celery
 
 import celery_s3_envelope as cse
 from backend_helpers import S3Endpoint
-from celery_s3_envelope.audit import (
-    HEADER_PROBE,
-    Migration,
-    State,
-    failure_classes,
-    scan,
-    verify,
-)
+from celery_s3_envelope.ops.migrate import Migration
+from celery_s3_envelope.ops.scan import HEADER_PROBE, State, failure_classes, scan, verify
+from celery_s3_envelope.ops.sweep import Outcome
 from celery_s3_envelope.store import S3Store
-from celery_s3_envelope.sweep import Outcome
 
 BASE = "results/"
 

@@ -26,7 +26,7 @@ from celery_s3_envelope import (
 from celery_s3_envelope import backend as backend_module
 from celery_s3_envelope.backend import EnvelopeS3Backend
 from celery_s3_envelope.envelope import Compression, is_envelope
-from celery_s3_envelope.keyring import KeyState
+from celery_s3_envelope.kek import KeyState
 
 MakeApp = Callable[..., Celery]
 

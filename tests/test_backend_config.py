@@ -18,7 +18,8 @@ from celery.exceptions import ImproperlyConfigured
 
 from backend_helpers import S3Endpoint
 from celery_s3_envelope import Keyring
-from celery_s3_envelope.backend import EnvelopeS3Backend, backend_from_app
+from celery_s3_envelope.backend import EnvelopeS3Backend
+from celery_s3_envelope.ops.context import backend_from_app
 
 MakeApp = Callable[..., Celery]
 

@@ -12,7 +12,8 @@ import pytest
 from celery import Celery, states
 
 from backend_helpers import count_requests
-from celery_s3_envelope.backend import EXPIRY_TAG, EnvelopeS3Backend
+from celery_s3_envelope.backend import EnvelopeS3Backend
+from celery_s3_envelope.lifecycle import EXPIRY_TAG
 
 MakeApp = Callable[..., Celery]
 HOUR = 3600.0

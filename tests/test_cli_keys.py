@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from celery_s3_envelope import Keyring, KeyState, LocalKey, seal, unseal
 from celery_s3_envelope.cli import envelope
-from celery_s3_envelope.keys_cli import next_key_id
+from celery_s3_envelope.cli.keys import next_key_id
 
 
 def run(*args: str | os.PathLike[str]) -> Result:

@@ -28,9 +28,9 @@ from celery.result import AsyncResult, ResultSet
 
 import celery_s3_envelope as cse
 from backend_helpers import S3Endpoint
-from celery_s3_envelope.rotation import Rotation
+from celery_s3_envelope.ops.rotate import Rotation
+from celery_s3_envelope.ops.sweep import ObjectResult, Outcome
 from celery_s3_envelope.store import Fetched, S3Store
-from celery_s3_envelope.sweep import ObjectResult, Outcome
 from e2e_app import secret
 from e2e_worker import RESULT_TIMEOUT, running_worker
 

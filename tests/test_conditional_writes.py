@@ -16,9 +16,9 @@ from botocore.exceptions import ClientError
 
 import celery_s3_envelope as cse
 from backend_helpers import S3Endpoint, fresh_bucket, server_answers
-from celery_s3_envelope.audit import Migration
 from celery_s3_envelope.backend import INCR_MAX_ATTEMPTS, EnvelopeS3Backend
-from celery_s3_envelope.rotation import Rotation
+from celery_s3_envelope.ops.migrate import Migration
+from celery_s3_envelope.ops.rotate import Rotation
 from celery_s3_envelope.store import NOT_HONOURED, S3Store
 
 PREFIX = "results/"
@@ -56,7 +56,7 @@ def test_rotation_still_counts_a_real_race_as_changed(
     read = store.fetch(key)
     assert read is not None
     store.put(key, cse.seal("newer", key=key, keyring=both))  # a worker, between read and write
-    from celery_s3_envelope.rotation import refused_write
+    from celery_s3_envelope.ops.rewrite import refused_write
 
     with pytest.raises(ClientError) as refused:
         store.put(key, b"stale", if_match=read.etag)

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 import celery_s3_envelope as cse
 from backend_helpers import S3Endpoint, fresh_bucket
 from celery_s3_envelope.cli import envelope
-from celery_s3_envelope.distributed import Driver
-from celery_s3_envelope.rotation import Rotation
+from celery_s3_envelope.ops.rotate import Rotation
+from celery_s3_envelope.ops.runs import Driver
 from celery_s3_envelope.store import S3Store
 from distributed_helpers import (
     BASE,

@@ -17,10 +17,11 @@ from celery.bin.base import CLIContext
 from click.testing import CliRunner
 
 import celery_s3_envelope as cse
-from celery_s3_envelope.audit import scan
 from celery_s3_envelope.cli import envelope
-from celery_s3_envelope.cli_sources import Workspace
-from celery_s3_envelope.distributed import (
+from celery_s3_envelope.ops.celery_keys import CELERY_KEY_PREFIXES
+from celery_s3_envelope.ops.context import Context
+from celery_s3_envelope.ops.rotate import Rotation
+from celery_s3_envelope.ops.runs import (
     DONE,
     FAILED,
     RUNNING,
@@ -29,8 +30,8 @@ from celery_s3_envelope.distributed import (
     report_document,
     run_shard,
 )
-from celery_s3_envelope.rotation import Rotation
-from celery_s3_envelope.shards import CELERY_PREFIXES, Shard
+from celery_s3_envelope.ops.scan import scan
+from celery_s3_envelope.ops.shards import Shard
 from celery_s3_envelope.store import S3Store
 
 BASE = "r/"
@@ -54,7 +55,7 @@ def both(keyring: cse.Keyring) -> cse.Keyring:
 
 
 def filled(store: S3Store, keyring: cse.Keyring, count: int) -> list[str]:
-    keys = [f"{BASE}{CELERY_PREFIXES[i % 3]}{i:04x}{'0' * 28}" for i in range(count)]
+    keys = [f"{BASE}{CELERY_KEY_PREFIXES[i % 3]}{i:04x}{'0' * 28}" for i in range(count)]
     for key in keys:
         store.put(key, cse.seal(f'{{"n": "{key}"}}', key=key, keyring=keyring))
     store.put(BASE + "notes/readme", b"\x00\x01 not a result")
@@ -82,7 +83,7 @@ def test_a_shard_resumes_after_its_checkpoint_and_the_merge_counts_each_object_o
     keys = filled(store, keyring, 120)
     outbox = Outbox()
     state = Driver(outbox, store, BASE).start("rotate", both, {"workers": 4}, parts=2)
-    workspace = Workspace(app=make_app(s3_base_path=BASE, envelope_keyring=both))
+    context = Context(app=make_app(s3_base_path=BASE, envelope_keyring=both))
     # A worker died in the busiest shard after 10 objects, its checkpoint written.
     busiest = max(
         outbox.jobs, key=lambda job: len(list(Shard.from_dict(job["shard"]).objects(store)))
@@ -94,8 +95,8 @@ def test_a_shard_resumes_after_its_checkpoint_and_the_merge_counts_each_object_o
     )
     puts = counting_puts(store)
     for job in outbox.jobs:
-        assert run_shard(state, workspace, job) == DONE
-    assert run_shard(state, workspace, busiest) == DONE  # redelivered after done: nothing to do
+        assert run_shard(state, context, job) == DONE
+    assert run_shard(state, context, busiest) == DONE  # redelivered after done: nothing to do
     result = Driver(outbox, store, BASE).wait(state, timeout=10)
     assert result.ok and result.finished
     document = result.to_dict()
@@ -116,7 +117,7 @@ def test_a_shard_on_a_worker_with_another_active_kek_fails_with_its_range_and_re
     keys = filled(store, keyring, 12)
     outbox = Outbox()
     state = Driver(outbox, store, BASE).start("rotate", both, {"workers": 2}, parts=1)
-    stale = Workspace(app=make_app(s3_base_path=BASE))  # still k1 active: not yet deployed
+    stale = Context(app=make_app(s3_base_path=BASE))  # still k1 active: not yet deployed
     for job in outbox.jobs:
         assert run_shard(state, stale, job) == FAILED
     result = Driver(outbox, store, BASE).wait(state, timeout=10)
@@ -153,7 +154,7 @@ def inline_app(make_app: Callable[..., Celery], store: S3Store, **conf: Any) -> 
 
     def send_task(name: str, args: list[Any], queue: str | None = None) -> None:
         job = args[0]
-        run_shard(RunState(store, job["prefix"], job["run_id"]), Workspace(app=app), job)
+        run_shard(RunState(store, job["prefix"], job["run_id"]), Context(app=app), job)
 
     app.send_task = send_task
     return app

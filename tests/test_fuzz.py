@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import celery_s3_envelope as cse
-from celery_s3_envelope import cli_sources
 from celery_s3_envelope.cli import envelope as cli
+from celery_s3_envelope.cli import sources as cli_sources
 from celery_s3_envelope.envelope import Compression, PayloadKind
 from celery_s3_envelope.pipeline import EncryptStage
 

@@ -17,10 +17,10 @@ import celery_s3_envelope as cse
 from celery_s3_envelope.cli import envelope as cli_group
 from celery_s3_envelope.envelope import WrapMethod, pack, unpack
 from celery_s3_envelope.kms import KmsError, KmsKey, KmsProvider, parse_kms_body
+from celery_s3_envelope.ops.rotate import Rotation
+from celery_s3_envelope.ops.sweep import Outcome
 from celery_s3_envelope.pipeline import Pipeline
-from celery_s3_envelope.rotation import Rotation
 from celery_s3_envelope.store import S3Store
-from celery_s3_envelope.sweep import Outcome
 
 KEY = "celery-task-meta-3e1f0a2b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"
 

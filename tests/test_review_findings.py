@@ -12,13 +12,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 import celery_s3_envelope as cse
-from celery_s3_envelope.audit import scan
 from celery_s3_envelope.envelope import Compression, PayloadKind
 from celery_s3_envelope.kms import KmsKey, KmsProvider
+from celery_s3_envelope.ops.rotate import Rotation
+from celery_s3_envelope.ops.scan import scan
+from celery_s3_envelope.ops.sweep import Outcome
 from celery_s3_envelope.pipeline import EncryptStage, Pipeline, derive_content_keys, rewrap
-from celery_s3_envelope.rotation import Rotation
 from celery_s3_envelope.store import S3Store
-from celery_s3_envelope.sweep import Outcome
 
 KEY = "celery-task-meta-6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b"
 
@@ -312,7 +312,7 @@ def test_standalone_rotate_to_a_kms_kek_seals_for_the_buckets_scope(
 
 
 def test_verify_counts_a_damaged_envelope_as_failed(store: S3Store) -> None:
-    from celery_s3_envelope.audit import verify
+    from celery_s3_envelope.ops.scan import verify
 
     keyring = cse.Keyring.generate("k1")
     good, damaged = "results/celery-task-meta-good", "results/celery-task-meta-damaged"

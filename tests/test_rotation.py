@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 import celery_s3_envelope as cse
-from celery_s3_envelope.rotation import Outcome, Rotation
+from celery_s3_envelope.ops.rotate import Rotation
+from celery_s3_envelope.ops.sweep import Outcome
 from celery_s3_envelope.store import S3Store
 
 PREFIX = "celery/"

@@ -13,8 +13,8 @@ from celery import Celery
 
 import celery_s3_envelope as cse
 from celery_s3_envelope import pipeline
-from celery_s3_envelope.audit import scan
-from celery_s3_envelope.rotation import Rotation
+from celery_s3_envelope.ops.rotate import Rotation
+from celery_s3_envelope.ops.scan import scan
 from celery_s3_envelope.store import S3Store
 
 MARKER = "PLAINTEXT-MARKER-7f3a"

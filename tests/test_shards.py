@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from celery_s3_envelope.shards import CELERY_PREFIXES, celery_prefixes, hex_boundaries, plan_shards
+from celery_s3_envelope.ops.celery_keys import CELERY_KEY_PREFIXES, celery_prefixes
+from celery_s3_envelope.ops.shards import hex_boundaries, plan_shards
 from celery_s3_envelope.store import S3Store
 
 BASES = st.sampled_from(["", "results/", "celery/results-", "a"])
@@ -53,7 +54,7 @@ def test_plan_is_in_key_order_with_a_catch_all_around_each_prefix() -> None:
     assert [s.catch_all for s in shards].count(True) == 4
     assert shards[1].prefix == "r/celery-task-meta-" and shards[1].end == "r/celery-task-meta-4000"
     assert hex_boundaries(2) == ["8000"]
-    assert celery_prefixes("app") == tuple("app_" + p for p in CELERY_PREFIXES)
+    assert celery_prefixes("app") == tuple("app_" + p for p in CELERY_KEY_PREFIXES)
 
 
 @pytest.fixture
