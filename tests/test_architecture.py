@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "envelope": 1,
     "private_file": 1,
+    "scrub": 1,
     "kek": 2,
     "kms": 3,
     "keyring": 4,
@@ -48,7 +49,7 @@ LAYERS: dict[str, int] = {
 layer or a lower one, never up: ``cli -> ops -> backend/settings -> pipeline/store -> keyring
 -> kek/kms -> envelope``."""
 
-CORE = ("errors", "envelope", "private_file", "kek", "kms", "keyring", "pipeline", "")
+CORE = ("errors", "envelope", "private_file", "scrub", "kek", "kms", "keyring", "pipeline", "")
 """Imported by ``import celery_s3_envelope`` and by offline decode."""
 THIRD_PARTY_SERVICES = ("celery", "kombu", "boto3", "botocore", "click")
 

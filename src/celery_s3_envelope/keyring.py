@@ -134,7 +134,8 @@ class Keyring:
             mode = path.stat().st_mode
             text = path.read_bytes()
         except OSError as exc:
-            raise KeyringError(f"cannot read keyring file {str(path)!r}: {exc.strerror}") from None
+            # Never the path itself: a keyring value may hold key material by mistake.
+            raise KeyringError(f"cannot read the keyring file: {exc.strerror}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             warnings.warn(
                 f"keyring file {str(path)!r} is accessible by group or others "
@@ -145,12 +146,20 @@ class Keyring:
         return cls.from_json(text)
 
     @classmethod
+    def from_text(cls, text: str) -> Keyring:
+        """A keyring as ``envelope_keyring`` or ``$CELERY_S3_ENVELOPE_KEYRING`` gives it: the
+        keyring's JSON when the text starts with ``{`` (after blanks), else a file's path."""
+        if text.lstrip().startswith("{"):
+            return cls.from_json(text)
+        return cls.from_file(text)
+
+    @classmethod
     def from_env(cls, variable: str = DEFAULT_ENV_VAR) -> Keyring:
-        """Load a keyring from an environment variable holding its JSON."""
+        """Load a keyring from an environment variable holding its JSON or a file's path."""
         text = os.environ.get(variable)
         if not text:
             raise KeyringError(f"environment variable {variable} is not set")
-        return cls.from_json(text)
+        return cls.from_text(text)
 
     # -- saving -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

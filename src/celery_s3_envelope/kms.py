@@ -15,6 +15,7 @@ bucket and prefix the results belong to, so key policies can grant decrypt per p
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
@@ -41,6 +42,34 @@ DEFAULT_CACHE_SECONDS = 300.0
 DEFAULT_CACHE_USES = 10_000
 DECRYPT_CACHE_ENTRIES = 1024
 _LENGTH = struct.Struct(">H")
+BOTOCORE_BODY_LOGGER = "botocore.parsers"
+
+
+class _NoPlaintextKeyInLogs(logging.Filter):
+    """botocore logs every response body at DEBUG (``botocore.parsers``); those of KMS's
+    GenerateDataKey and Decrypt hold ``Plaintext``, the intermediate key. The record stays (it
+    says a response came), its body does not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(map(_holds_plaintext_key, args)):
+            record.args = tuple(KMS_BODY_NOT_LOGGED if _holds_plaintext_key(a) else a for a in args)
+        return True
+
+
+def _holds_plaintext_key(value: object) -> bool:
+    return isinstance(value, bytes | bytearray) and b'"Plaintext"' in value
+
+
+KMS_BODY_NOT_LOGGED = "<KMS response body holding a plaintext key: not logged>"
+_LOG_FILTER = _NoPlaintextKeyInLogs()
+
+
+def keep_keys_out_of_botocore_logs() -> None:
+    """Install the filter on the logger botocore prints response bodies to; idempotent."""
+    logger = logging.getLogger(BOTOCORE_BODY_LOGGER)
+    if _LOG_FILTER not in logger.filters:
+        logger.addFilter(_LOG_FILTER)
 
 
 class KmsError(EnvelopeError):
@@ -115,6 +144,7 @@ class KmsProvider:
         """The KMS client of this process (re-created after a fork)."""
         with self._lock:
             if self._client is None or self._pid != os.getpid():
+                keep_keys_out_of_botocore_logs()
                 if self._client_factory is not None:
                     self._client = self._client_factory()
                 else:

@@ -36,6 +36,7 @@ from .envelope import (
 from .errors import IntegrityError, SizeLimitExceeded, UnsupportedVersion
 from .kek import KeyEntry
 from .keyring import Keyring
+from .scrub import scrubbed
 
 _SHA256 = hashes.SHA256()  # stateless: one instance serves every derivation
 DEK_SIZE = 32
@@ -232,6 +233,7 @@ class Pipeline:
         self.encrypt = EncryptStage()
         self.max_size = max_size
 
+    @scrubbed
     def seal(
         self,
         value: str | bytes,
@@ -260,6 +262,7 @@ class Pipeline:
             salt=salt,
         )
 
+    @scrubbed
     def unseal(self, envelope: bytes, *, keyring: Keyring, key: str | None = None) -> str | bytes:
         """Open ``envelope``; with ``key``, refuse one sealed for another object key."""
         parts = checked_parts(envelope, key=key, max_size=self.max_size)
@@ -295,6 +298,7 @@ def checked_parts(envelope: bytes, *, key: str | None, max_size: int) -> Unpacke
     return parts
 
 
+@scrubbed
 def rewrap(
     envelope: bytes, *, keyring: Keyring, key: str | None = None, max_size: int = DEFAULT_MAX_SIZE
 ) -> bytes:

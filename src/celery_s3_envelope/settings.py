@@ -200,25 +200,29 @@ def optional_str(settings: Mapping[str, Any], name: str) -> str | None:
 
 
 def load_keyring(value: object) -> Keyring:
-    """``envelope_keyring`` as given (path, dict or ``Keyring``; unset: the environment)."""
+    """``envelope_keyring`` as given: a path, the keyring's JSON (text starting with ``{``), a
+    dict or a ``Keyring``; unset: ``$CELERY_S3_ENVELOPE_KEYRING``, read by the same rule.
+    No message ever quotes the value: it may hold key material."""
     try:
         if isinstance(value, Keyring):
             return value
         if isinstance(value, Mapping):
             return Keyring.from_dict(value)
-        if isinstance(value, str | os.PathLike) and str(value):
+        if isinstance(value, str) and value:
+            return Keyring.from_text(value)
+        if isinstance(value, os.PathLike):
             return Keyring.from_file(value)
         if value is None or value == "":
             if os.environ.get(DEFAULT_ENV_VAR):
                 return Keyring.from_env()
             raise ImproperlyConfigured(
-                "envelope_keyring is not set: give a keyring file path, a dict or a Keyring "
-                f"(or put the keyring's JSON in the {DEFAULT_ENV_VAR} environment variable)"
+                "envelope_keyring is not set: give a keyring file path, the keyring's JSON, a dict "
+                f"or a Keyring (or put the path or the JSON in {DEFAULT_ENV_VAR})"
             )
     except KeyringError as exc:
         raise ImproperlyConfigured(f"envelope_keyring: {exc}") from exc
     raise ImproperlyConfigured(
-        f"envelope_keyring must be a path, a dict or a Keyring, not {type(value).__name__}"
+        f"envelope_keyring must be a path, JSON, a dict or a Keyring, not {type(value).__name__}"
     )
 
 
