@@ -3,12 +3,17 @@
 They work on the text Celery produced, not on the objects, because text is all the worker's main
 process receives from a pool child (``saferepr`` of the result, the formatted traceback); working
 from the same input, a task's log line and its event carry the same marker. Tracebacks are parsed
-fail-closed: only lines recognised as frames, frame source or chain headers are kept.
+fail-closed: only lines this process can check against its own code (frames, their source,
+exception types) or fixed text (headers, carets) are kept.
 """
 
 from __future__ import annotations
 
+import builtins
+import functools
+import linecache
 import re
+import sys
 
 from celery.app.task import Task  # type: ignore[import-untyped]
 
@@ -41,7 +46,10 @@ _CHAIN_HEADERS = frozenset(
         "During handling of the above exception, another exception occurred:",
     }
 )
-_FRAME = re.compile(r'  File "[^"]*", line \d+, in \S+')
+_FRAME = re.compile(r'  File "([^"]*)", line (\d+), in (\S+)')
+_DEFINITION = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+(\w+)", re.MULTILINE)
+_STATEMENT_LINES = 30
+"""How far a statement's later lines may stand below the line a frame names."""
 _SOURCE = re.compile(r"    \S.*")
 _CARETS = re.compile(r" +[~^][ ~^]*")
 _REPEATED = re.compile(r"  \[Previous line repeated \d+ more times?\]")
@@ -97,48 +105,104 @@ def exception_summary(text: str) -> str:
 
 
 def traceback_summary(text: str) -> str:
-    """A formatted traceback with every exception message removed.
+    """A formatted traceback with every exception message removed, whatever lines it contains.
 
-    Kept: the ``Traceback`` and chaining headers, each frame's ``File ..., line N, in name`` line
-    with its source line and carets, and each exception's type (``Type: <redacted>``). Anything
-    else, multi-line messages, notes, a ``SyntaxError``'s text, exception groups, is dropped.
+    A message can hold lines that look like a traceback (a chain header, ``File`` lines, source
+    lines), and text alone cannot tell them from real ones. So every line kept is checked
+    against what this process can see: a ``File "path", line N, in name`` line only when that
+    file exists here and defines ``name``; a source line only when it is that file's code at
+    line N; an exception line only as the type's name, and only when that type is an exception
+    class this process has loaded (``Type: <redacted>``). Fixed lines (the ``Traceback`` and
+    chain headers, carets, "Previous line repeated") stay. Anything else (messages, notes, a
+    ``SyntaxError``'s text, exception groups, frames of code this process cannot read) is
+    dropped, so no line of a message reaches the output.
     """
     kept: list[str] = []
-    state = "start"  # start | frames | frame (source may follow) | source (carets may) | message
+    frame: tuple[str, int] | None = None  # the last kept frame, whose source may follow
+    source_kept = False
     recognised = False
     for line in text.splitlines():
-        if state == "message":
-            if line in _CHAIN_HEADERS:
-                kept += ["", line, ""]
-                state = "start"
-            continue
-        if state == "start":
-            if line == _HEADER:
+        if line == _HEADER:
+            kept.append(line)
+        elif line in _CHAIN_HEADERS:
+            kept += ["", line, ""]
+        elif found := _FRAME.fullmatch(line):
+            path, number, name = found.group(1), int(found.group(2)), found.group(3)
+            frame = (path, number) if _code_defines(path, name) else None
+            source_kept = False
+            if frame is not None:
                 kept.append(line)
-                state = "frames"
+            continue
+        elif frame is not None and not source_kept and _SOURCE.fullmatch(line):
+            if _is_source(frame, line.strip()):
+                kept.append(line)
+                source_kept = True
                 continue
-            if not line.strip():
-                continue
-        elif _FRAME.fullmatch(line):
-            kept.append(line)
-            state = "frame"
-            continue
-        elif state == "frame" and _SOURCE.fullmatch(line):
-            kept.append(line)
-            state = "source"
-            continue
-        elif (state == "source" and _CARETS.fullmatch(line)) or _REPEATED.fullmatch(line):
+        elif source_kept and _CARETS.fullmatch(line):
             kept.append(line)
             continue
-        elif line.startswith(" "):
-            state = "frames"  # unrecognised and indented: dropped, with any source under it
-            continue
-        exception = _EXCEPTION_LINE.fullmatch(line)
-        if exception:
+        elif _REPEATED.fullmatch(line):
+            kept.append(line)
+        elif (exception := _EXCEPTION_LINE.fullmatch(line)) and _is_exception_type(
+            exception.group(1)
+        ):
             name, message = exception.groups()
             kept.append(name if message is None else f"{name}: {REDACTED}")
             recognised = True
-        state = "message"
+        frame, source_kept = None, False
     if not recognised:
         kept.append(REDACTED)
-    return "\n".join(kept) + ("\n" if text.endswith("\n") else "")
+    return "\n".join(_squeezed(kept)) + ("\n" if text.endswith("\n") else "")
+
+
+def _squeezed(lines: list[str]) -> list[str]:
+    """No blank line at the start, none doubled (dropped lines leave no gaps)."""
+    out: list[str] = []
+    for line in lines:
+        if not line and (not out or not out[-1]):
+            continue
+        out.append(line)
+    return out
+
+
+_ANONYMOUS = frozenset(
+    {"<module>", "<lambda>", "<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>"}
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _defined_names(path: str) -> frozenset[str]:
+    """The function and class names a source file defines (empty when it cannot be read)."""
+    return frozenset(_DEFINITION.findall("".join(linecache.getlines(path))))
+
+
+def _code_defines(path: str, name: str) -> bool:
+    return bool(linecache.getlines(path)) and (name in _ANONYMOUS or name in _defined_names(path))
+
+
+def _is_source(frame: tuple[str, int], text: str) -> bool:
+    """``text`` is the code at the frame's line, or of the statement starting there."""
+    path, number = frame
+    lines = linecache.getlines(path)
+    return any(
+        line.strip() == text for line in lines[max(number - 1, 0) : number + _STATEMENT_LINES]
+    )
+
+
+def _is_exception_type(name: str) -> bool:
+    """``name`` as a traceback prints a type: a builtin (or ``__main__``) exception, or
+    ``module.Qualname`` of an exception class in a module this process has already imported
+    (nothing is imported here)."""
+    parts = name.split(".")
+    found: object = None
+    if len(parts) == 1:
+        found = getattr(builtins, name, None) or getattr(sys.modules.get("__main__"), name, None)
+    for split in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:split]))
+        if module is None:
+            continue
+        found = module
+        for part in parts[split:]:
+            found = getattr(found, part, None)
+        break
+    return isinstance(found, type) and issubclass(found, BaseException)
