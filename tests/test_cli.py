@@ -291,16 +291,21 @@ def test_usage_errors(sealed_file: Path, keyring_file: Path) -> None:
     assert with_bucket.exit_code == 2 and "no SOURCE" in with_bucket.stderr
 
 
-def test_decode_prints_text_values_byte_for_byte(
+def test_decode_prints_text_values_with_escapes_shown_and_raw_byte_for_byte(
     tmp_path: Path, keyring: Keyring, keyring_file: Path
 ) -> None:
-    value = "not JSON: \x1b[31m red \udc80 \u2603"
+    """A text value is printed as it is, but for the control characters a terminal would act
+    on (shown escaped, as every string read from an object is); --raw writes it byte for byte."""
+    value = "not JSON: \x1b[31m red \udc80 \u2603\n\tsecond line\x9b2J"
     path = tmp_path / "t.bin"
     path.write_bytes(seal(value, key="t", keyring=keyring))
     result = run("decode", path, path, "--keyring", keyring_file)
     assert result.exit_code == 0
-    expected = value.encode("utf-8", "surrogatepass") + b"\n"
+    shown = "not JSON: \\x1b[31m red \udc80 \u2603\n\tsecond line\\x9b2J"
+    expected = shown.encode("utf-8", "surrogatepass") + b"\n"
     assert result.stdout_bytes == (f"==> {path} <==\n".encode() + expected) * 2
+    raw = run("decode", "--raw", path, "--keyring", keyring_file)
+    assert raw.exit_code == 0 and raw.stdout_bytes == value.encode("utf-8", "surrogatepass")
 
 
 # -- decode --out ------------------------------------------------------------------------------
@@ -349,7 +354,10 @@ def test_inspect_needs_no_keyring(
     assert first.split()[:2] == ["k1", "text"] and f"(sealed for {KEY})" in first
     assert second.split()[0] == "k7" and "zstd" in second
     assert SECRET not in result.output
-    assert result.stderr == "2 sealed, 0 failed\n"
+    assert result.stderr == (
+        "headers only, not authenticated: decode or scan --verify opens each envelope\n"
+        "2 sealed, 0 failed\n"
+    )
 
 
 def test_inspect_json(sealed_file: Path) -> None:
@@ -371,6 +379,7 @@ def test_inspect_json(sealed_file: Path) -> None:
         "stored_size": size - record["header_size"] - 16,
         "header_size": record["header_size"],
         "object_size": size,
+        "authenticated": False,  # a header read without a key proves nothing
     }
 
 

@@ -26,8 +26,10 @@ from ..pipeline import inspect as inspect_header
 from ..private_file import write_private
 from .options import CONTEXT_SETTINGS, context_of, keyring_option, s3_options, settings_errors
 from .sources import Source, SourceError, aws_errors, read, read_header, sources_of
+from .terminal import json_text, safe, safe_text
 
 T = TypeVar("T")
+HEADERS_ONLY = "headers only, not authenticated: decode or scan --verify opens each envelope"
 Kind = Literal["json", "text", "bytes"]
 
 
@@ -53,9 +55,9 @@ class Failures:
 
     def __call__(self, name: str, exc: Exception) -> None:
         self.count += 1
-        click.echo(f"Error: {name}: {_reason(exc)}", err=True)
+        click.echo(f"Error: {safe(name)}: {safe(_reason(exc))}", err=True)
         if self.as_json:
-            click.echo(json.dumps({"source": name, **self.record, "error": _reason(exc)}))
+            click.echo(json_text({"source": name, **self.record, "error": _reason(exc)}))
 
 
 def _progress(
@@ -101,8 +103,8 @@ def _ratio(record: dict[str, Any]) -> str:
 
 def _meta_lines(record: dict[str, Any]) -> list[str]:
     return [
-        f"  sealed for  {record['key']}",
-        f"  KEK         {record['kek_id']} ({record['wrap_method']} wrap)",
+        f"  sealed for  {safe(record['key'])}",
+        f"  KEK         {safe(record['kek_id'])} ({record['wrap_method']} wrap)",
         f"  payload     {record['payload_kind']}, {record['payload_size']} bytes, stored "
         f"{record['stored_size']} bytes ({_ratio(record)}), header {record['header_size']} bytes",
     ]
@@ -136,7 +138,7 @@ def _render(value: str | bytes, *, raw: bool) -> Rendered:
     if parsed is not _NOT_JSON:
         if raw:
             return Rendered(data, "json")
-        pretty = json.dumps(parsed, indent=2, ensure_ascii=False) + "\n"
+        pretty = json_text(parsed, indent=2) + "\n"
         return Rendered(pretty.encode("utf-8", "surrogatepass"), "json")
     return Rendered(data, "text" if isinstance(value, str) else "bytes")
 
@@ -221,23 +223,27 @@ class Decoder:
                 line.update(_json_value(decoded.value))
             if self.meta:
                 line["meta"] = record
-            click.echo(json.dumps(line, ensure_ascii=False))
+            click.echo(json_text(line))
             return
         data = decoded.rendered.data
         if self.raw and written is None:
             if self.meta:
-                click.echo("\n".join([name, *_meta_lines(record)]), err=True)
+                click.echo("\n".join([safe(name), *_meta_lines(record)]), err=True)
             sys.stdout.flush()
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
             return
         if written is not None:
-            click.echo(f"{name} -> {written}")
+            click.echo(f"{safe(name)} -> {safe(written)}")
         elif self.many:
-            click.echo(f"==> {name} <==")
+            click.echo(f"==> {safe(name)} <==")
         if self.meta:
             click.echo("\n".join(_meta_lines(record)))
         if written is None:
+            if decoded.rendered.kind == "text":  # a text value may hold escape sequences too
+                data = safe_text(data.decode("utf-8", "surrogateescape")).encode(
+                    "utf-8", "surrogateescape"
+                )
             click.echo(data, nl=not data.endswith(b"\n"))  # bytes: as stored
 
 
@@ -359,11 +365,12 @@ def inspect(
             sealed += 1
             record = header_record(header, size)
             if as_json:
-                click.echo(json.dumps({"source": source.name, **record}, ensure_ascii=False))
+                click.echo(json_text({"source": source.name, **record, "authenticated": False}))
             else:
                 records.append((source, record))
     if records:
         _print_table(records)
+        click.echo(HEADERS_ONLY, err=True)
     if sealed + fail.count > 1 and not as_json:
         click.echo(f"{sealed} sealed, {fail.count} failed", err=True)
     ctx.exit(1 if fail.count else 0)
@@ -373,12 +380,12 @@ def _print_table(records: list[tuple[Source, dict[str, Any]]]) -> None:
     """One row per envelope; the source last so that long keys do not break the columns."""
     rows = [("KEK", "KIND", "ORIGINAL", "STORED", "COMPRESSION", "SOURCE")]
     for source, record in records:
-        name = source.name
+        name = safe(source.name)
         if source.key is None:
-            name += f"  (sealed for {record['key']})"
+            name += f"  (sealed for {safe(record['key'])})"
         rows.append(
             (
-                record["kek_id"],
+                safe(record["kek_id"]),
                 record["payload_kind"],
                 str(record["payload_size"]),
                 str(record["stored_size"]),

@@ -17,6 +17,7 @@ import click
 from ..keyring import Keyring
 from ..ops.context import Context, Prefix
 from .reports import print_sweep
+from .terminal import safe
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -123,7 +124,8 @@ class Distributed:
         for shard in result.failed_shards:
             reason = shard.get("reason") or shard.get("state", "pending")
             where = Shard.from_dict(shard["shard"]).describe()
-            click.echo(f"Error: shard {shard['shard']['index']} {where}: {reason}", err=True)
+            index = shard["shard"]["index"]
+            click.echo(f"Error: shard {index} {safe(where)}: {safe(reason)}", err=True)
         if not result.finished:
             click.echo(f"not finished: resume with --resume {result.run_id}", err=True)
         if not result.ok:

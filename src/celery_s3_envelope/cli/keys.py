@@ -20,6 +20,7 @@ from ..keyring import Keyring
 from ..ops.context import load_keyring_file
 from ..private_file import write_private
 from .options import CONTEXT_SETTINGS, warn
+from .terminal import safe
 
 _NUMBERED = re.compile(r"k(\d+)")
 
@@ -211,7 +212,10 @@ def list_(path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(described, indent=2))
         return
-    rows = [("ID", "STATE", "CREATED"), *((d["id"], d["state"], d["created"]) for d in described)]
+    rows = [
+        ("ID", "STATE", "CREATED"),
+        *((safe(d["id"]), d["state"], d["created"]) for d in described),
+    ]
     width_id = max(len(row[0]) for row in rows)
     width_state = max(len(row[1]) for row in rows)
     for row in rows:

@@ -13,6 +13,7 @@ import click
 
 from ..ops.context import Prefix
 from ..ops.sweep import SweepReport
+from .terminal import safe
 
 
 class Progress:
@@ -51,34 +52,35 @@ def print_sweep(report: SweepReport, target: Prefix, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"target": target.name, **document}, indent=2))
         return
-    title = f"{report.operation} {target.name}"
+    title = f"{report.operation} {safe(target.name)}"
     if report.target_kek:
-        title += f" -> KEK {report.target_kek}"
+        title += f" -> KEK {safe(report.target_kek)}"
     click.echo(title + (" (dry run: nothing written)" if report.dry_run else ""))
     click.echo(f"  {'scanned':<10} {document['scanned']:>10,}")
     for outcome in report.outcomes:
         line = f"  {outcome.value:<10} {document[outcome.value]:>10,}"
         if outcome.value in ("rewrapped", "sealed", "verified") and document["by_kek"]:
-            line += "   (" + ", ".join(f"{k}: {n:,}" for k, n in document["by_kek"].items()) + ")"
+            by_kek = document["by_kek"].items()
+            line += "   (" + ", ".join(f"{safe(k)}: {n:,}" for k, n in by_kek) + ")"
         click.echo(line)
     click.echo(
         f"  elapsed {document['elapsed_seconds']:.1f} s, "
-        f"{document['objects_per_second']:,.0f} objects/s; last key: {document['last_key']}"
+        f"{document['objects_per_second']:,.0f} objects/s; last key: {safe(document['last_key'])}"
     )
     for failure in document["failures"]:
-        click.echo(f"Error: {failure['key']}: {failure['reason']}", err=True)
+        click.echo(f"Error: {safe(failure['key'])}: {safe(failure['reason'])}", err=True)
 
 
 def interrupted(report: SweepReport | None) -> None:
     last = report.last_key if report else None
-    hint = f" resume with --resume-from {last!r}" if last else " nothing was done"
+    hint = f" resume with --resume-from {safe(repr(last))}" if last else " nothing was done"
     click.echo(f"\ninterrupted:{hint}", err=True)
 
 
 def print_scan(report: Any, checked: SweepReport | None, target: Prefix, as_json: bool) -> None:
     from ..ops.scan import failure_classes
 
-    document = report.to_dict()
+    document = {**report.to_dict(), "authenticated": checked is not None}
     if checked is not None:
         document["verify"] = {
             **checked.to_dict(),
@@ -87,7 +89,7 @@ def print_scan(report: Any, checked: SweepReport | None, target: Prefix, as_json
     if as_json:
         click.echo(json.dumps({"target": target.name, **document}, indent=2))
         return
-    click.echo(f"scan {target.name}: {document['objects']:,} objects")
+    click.echo(f"scan {safe(target.name)}: {document['objects']:,} objects")
     for state in ("sealed", "plaintext", "foreign", "unreadable"):
         stored = document["stored_bytes"][state]
         click.echo(f"  {state:<10} {document[state]:>10,}   {stored:>14,} bytes stored")
@@ -99,16 +101,18 @@ def print_scan(report: Any, checked: SweepReport | None, target: Prefix, as_json
         )
         for group in document["sealed_by_kek"]:
             click.echo(
-                f"    {group['kek_id']:<16} {group['version']:>3} {group['objects']:>10,} "
+                f"    {safe(group['kek_id']):<16} {group['version']:>3} {group['objects']:>10,} "
                 f"{group['stored_bytes']:>14,} {group['payload_bytes']:>14,}"
                 f"  {group['oldest']} / {group['newest']}"
             )
+    if checked is None and document["sealed"]:
+        click.echo("  sealed: by header only, not authenticated (--verify opens each envelope)")
     for key in document["plaintext_keys"]:
-        click.echo(f"Plaintext: {key}", err=True)
+        click.echo(f"Plaintext: {safe(key)}", err=True)
     if checked is not None:
         verified = document["verify"]
         click.echo(
             f"  verified {verified['verified']:,} with the keyring, {verified['failed']:,} failed"
         )
         for failure in verified["failures"]:
-            click.echo(f"Error: {failure['key']}: {failure['reason']}", err=True)
+            click.echo(f"Error: {safe(failure['key'])}: {safe(failure['reason'])}", err=True)
