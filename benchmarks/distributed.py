@@ -27,7 +27,7 @@ from celery_s3_envelope.ops.runs import Driver
 from celery_s3_envelope.store import S3Store
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-BASE = "e2e/results/"  # the test worker app's s3_base_path
+BASE = "e2e/results/"  # the test worker app's s3_base_path (tests/support/worker.py)
 PROCESSES = (1, 2, 4)
 
 
@@ -43,8 +43,8 @@ def _fill(store: S3Store, keyring: cse.Keyring, count: int) -> None:
 
 
 def _distributed(endpoint: Endpoint, bucket: str, both: cse.Keyring, processes: int) -> float:
-    from backend_helpers import S3Endpoint
-    from e2e_worker import running_worker
+    from support.s3 import S3Endpoint
+    from support.worker import running_worker
 
     tests_endpoint = S3Endpoint(
         endpoint.url, endpoint.access_key_id, endpoint.secret_access_key, endpoint.region, True

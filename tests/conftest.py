@@ -1,9 +1,11 @@
-"""Shared S3 fixtures: one S3 endpoint per session, a fresh bucket per test.
+"""The tests' fixtures: one S3 endpoint per session, a fresh bucket per test, keyrings and apps.
 
 Every S3-facing test gets its endpoint and credentials from ``s3_endpoint`` alone. By default it is
 moto's ``ThreadedMotoServer`` on 127.0.0.1 at a free port, with dummy credentials. To run the same
 tests against a real S3 server (Ceph RGW, MinIO, AWS), set ``S3_TEST_ENDPOINT_URL``,
 ``S3_TEST_ACCESS_KEY_ID`` and ``S3_TEST_SECRET_ACCESS_KEY`` (and optionally ``S3_TEST_REGION``).
+
+Plain helpers (types, functions, the worker runner) are in the ``support`` package beside it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from celery import Celery
 
-from backend_helpers import MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, S3Endpoint, fresh_bucket
 from celery_s3_envelope import Keyring
 from celery_s3_envelope.backend import EnvelopeS3Backend
 from celery_s3_envelope.store import S3Store
+from support.apps import MakeApp, backend_of
+from support.keys import with_active_k2
+from support.s3 import MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, S3Endpoint, fresh_bucket
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -131,6 +135,12 @@ def keyring() -> Keyring:
 
 
 @pytest.fixture
+def both(keyring: Keyring) -> Keyring:
+    """``keyring`` rotated: its k1 kept for decryption, a new k2 active."""
+    return with_active_k2(keyring)
+
+
+@pytest.fixture
 def keyring_file(tmp_path: Path, keyring: Keyring) -> Path:
     path = tmp_path / "keyring.json"
     keyring.to_file(path)
@@ -138,7 +148,7 @@ def keyring_file(tmp_path: Path, keyring: Keyring) -> Path:
 
 
 @pytest.fixture
-def make_app(s3_endpoint: S3Endpoint, bucket: str, keyring: Keyring) -> Callable[..., Celery]:
+def make_app(s3_endpoint: S3Endpoint, bucket: str, keyring: Keyring) -> MakeApp:
     """``make_app(**conf)``: a Celery app whose result backend is ours on the test bucket."""
 
     def make(**conf: Any) -> Celery:
@@ -155,10 +165,8 @@ def make_app(s3_endpoint: S3Endpoint, bucket: str, keyring: Keyring) -> Callable
 
 
 @pytest.fixture
-def backend(make_app: Callable[..., Celery]) -> EnvelopeS3Backend:
-    app_backend = make_app().backend
-    assert isinstance(app_backend, EnvelopeS3Backend)
-    return app_backend
+def backend(make_app: MakeApp) -> EnvelopeS3Backend:
+    return backend_of(make_app())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -16,11 +16,12 @@ import pytest
 from celery import Celery
 
 import celery_s3_envelope as cse
-from backend_helpers import S3Endpoint
 from celery_s3_envelope.ops.migrate import Migration
 from celery_s3_envelope.ops.scan import HEADER_PROBE, State, failure_classes, scan, verify
 from celery_s3_envelope.ops.sweep import Outcome
 from celery_s3_envelope.store import S3Store
+from support.keys import two_keyrings
+from support.s3 import S3Endpoint
 
 BASE = "results/"
 
@@ -67,8 +68,7 @@ def wire_reads(client: Any) -> Iterator[WireReads]:
 @pytest.fixture
 def keyrings() -> tuple[cse.Keyring, cse.Keyring]:
     """(k1 active), (k1 decrypt, k2 active)."""
-    k1 = cse.Keyring.generate("k1")
-    return k1, k1.with_entry(cse.LocalKey("k2", os.urandom(32), cse.KeyState.ACTIVE), activate=True)
+    return two_keyrings()
 
 
 def stock_app(s3_endpoint: S3Endpoint, bucket: str, **conf: Any) -> Celery:
@@ -204,6 +204,42 @@ def test_verify_opens_every_sealed_object_and_counts_failures_by_reason(
     assert report.counts[Outcome.PLAINTEXT] == 30 and report.counts[Outcome.FOREIGN] == 5
     assert failure_classes(report) == {"IntegrityError": 1}
     assert report.failures[0][0] == sealed[0]
+
+
+def test_scan_survives_an_object_s3_refuses_to_serve(store: S3Store, bucket: str) -> None:
+    keyring = cse.Keyring.generate("k1")
+    for i in range(3):
+        key = f"results/celery-task-meta-{i}"
+        store.put(key, cse.seal(f"value {i}", key=key, keyring=keyring))
+    archived = "results/celery-task-meta-archived"
+    store.put(archived, b'{"status": "SUCCESS", "result": "plaintext in the archive tier"}')
+
+    def refuse(request: Any, **_: Any) -> Any:  # what S3 answers for an object in GLACIER
+        if not request.url.split("?")[0].endswith(archived):
+            return None
+        from botocore.awsrequest import AWSResponse
+
+        from support.s3 import RawBody
+
+        body = b"<Error><Code>InvalidObjectState</Code><Message>archived</Message></Error>"
+        return AWSResponse(request.url, 403, {"Content-Type": "application/xml"}, RawBody(body))
+
+    store.client.meta.events.register_first("before-send.s3.GetObject", refuse)
+    report = scan(store, prefix="results/", workers=2)
+    store.client.meta.events.unregister("before-send.s3.GetObject", refuse)
+    assert report.counts["objects"] == 4 and report.counts["sealed"] == 3
+
+
+def test_verify_counts_a_damaged_envelope_as_failed(store: S3Store) -> None:
+    from celery_s3_envelope.ops.scan import verify
+
+    keyring = cse.Keyring.generate("k1")
+    good, damaged = "results/celery-task-meta-good", "results/celery-task-meta-damaged"
+    store.put(good, cse.seal("ok", key=good, keyring=keyring))
+    store.put(damaged, cse.seal("lost", key=damaged, keyring=keyring)[:60])  # cut in its header
+    report = verify(store, keyring, prefix="results/", workers=2)
+    assert report.counts[Outcome.VERIFIED.value] == 1
+    assert report.counts[Outcome.FAILED.value] == 1 and not report.ok
 
 
 @pytest.mark.parametrize("mixed_bucket", [30], indirect=True)

@@ -4,17 +4,15 @@ test, then what the envelope adds (sealed objects, key binding, migration, compr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from celery import Celery, states
+from celery import states
 from celery.backends.s3 import S3Backend
 from celery.exceptions import ImproperlyConfigured
 from celery.result import AsyncResult, ResultSet
 
-from backend_helpers import S3Endpoint, count_requests, missing_bucket_name, server_answers
 from celery_s3_envelope import (
     IntegrityError,
     Keyring,
@@ -27,14 +25,8 @@ from celery_s3_envelope import backend as backend_module
 from celery_s3_envelope.backend import EnvelopeS3Backend
 from celery_s3_envelope.envelope import Compression, is_envelope
 from celery_s3_envelope.kek import KeyState
-
-MakeApp = Callable[..., Celery]
-
-
-def backend_of(app: Celery) -> EnvelopeS3Backend:
-    backend = app.backend
-    assert isinstance(backend, EnvelopeS3Backend)
-    return backend
+from support.apps import MakeApp, backend_of
+from support.s3 import S3Endpoint, count_requests, missing_bucket_name, server_answers
 
 
 # -- the stock S3Backend's tests, on this backend ---------------------------------------------

@@ -16,18 +16,11 @@ from celery.app.backends import by_name, by_url
 from celery.backends.s3 import S3Backend
 from celery.exceptions import ImproperlyConfigured
 
-from backend_helpers import S3Endpoint
 from celery_s3_envelope import Keyring
 from celery_s3_envelope.backend import EnvelopeS3Backend
 from celery_s3_envelope.ops.context import backend_from_app
-
-MakeApp = Callable[..., Celery]
-
-
-def backend_of(app: Celery) -> EnvelopeS3Backend:
-    backend = app.backend
-    assert isinstance(backend, EnvelopeS3Backend)
-    return backend
+from support.apps import MakeApp, backend_of
+from support.s3 import S3Endpoint
 
 
 @pytest.fixture

@@ -4,25 +4,18 @@ object tag that lets a lifecycle rule tell failures apart."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from celery import Celery, states
+from celery import states
 
-from backend_helpers import count_requests
 from celery_s3_envelope.backend import EnvelopeS3Backend
 from celery_s3_envelope.lifecycle import EXPIRY_TAG
+from support.apps import MakeApp, backend_of
+from support.s3 import count_requests
 
-MakeApp = Callable[..., Celery]
 HOUR = 3600.0
-
-
-def backend_of(app: Celery) -> EnvelopeS3Backend:
-    backend = app.backend
-    assert isinstance(backend, EnvelopeS3Backend)
-    return backend
 
 
 def keys(backend: EnvelopeS3Backend) -> set[str]:

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from backend_helpers import count_requests, missing_bucket_name
 from celery_s3_envelope import Keyring, inspect, unseal
 from celery_s3_envelope.backend import EnvelopeS3Backend
-from fault_injection import faults
+from support.faults import faults
+from support.s3 import count_requests, missing_bucket_name
 
 
 def test_incr_counts_in_a_sealed_object(

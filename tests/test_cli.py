@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from celery_s3_envelope import Keyring, seal
 from celery_s3_envelope.cli import envelope
 from celery_s3_envelope.keyring import DEFAULT_ENV_VAR
+from support.cli import invoke
+from support.keys import key_material
 
 RESULT = {
     "status": "SUCCESS",
@@ -35,18 +37,6 @@ KEY = "celery-task-meta-4b1f0c9e-0000-4000-8000-000000000001"
 
 
 @pytest.fixture
-def keyring() -> Keyring:
-    return Keyring.generate("k1")
-
-
-@pytest.fixture
-def keyring_file(tmp_path: Path, keyring: Keyring) -> Path:
-    path = tmp_path / "keys.json"
-    keyring.to_file(path)
-    return path
-
-
-@pytest.fixture
 def sealed_file(tmp_path: Path, keyring: Keyring) -> Path:
     path = tmp_path / "result.bin"
     path.write_bytes(seal(json.dumps(RESULT), key=KEY, keyring=keyring))
@@ -54,15 +44,11 @@ def sealed_file(tmp_path: Path, keyring: Keyring) -> Path:
 
 
 def run(*args: str | os.PathLike[str], stdin: bytes | None = None) -> Result:
-    return CliRunner().invoke(envelope, [str(a) for a in args], input=stdin)
+    return invoke(envelope, *args, stdin=stdin)
 
 
 def error_lines(result: Result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.strip()]
-
-
-def key_material(keyring: Keyring) -> list[str]:
-    return [entry["key"] for entry in keyring.to_dict()["keys"]]
 
 
 def assert_one_clean_error(result: Result, source: str, *reason_words: str) -> str:

@@ -9,15 +9,16 @@ import stat
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from celery_s3_envelope import Keyring, KeyState, LocalKey, seal, unseal
 from celery_s3_envelope.cli import envelope
 from celery_s3_envelope.cli.keys import next_key_id
+from support.cli import invoke
 
 
 def run(*args: str | os.PathLike[str]) -> Result:
-    return CliRunner().invoke(envelope, ["keys", *(str(a) for a in args)])
+    return invoke(envelope, "keys", *args)
 
 
 def materials(path: Path) -> set[str]:

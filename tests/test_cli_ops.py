@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import boto3
 import pytest
 from celery import Celery
-from celery.bin.base import CLIContext
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 import celery_s3_envelope as cse
-from backend_helpers import S3Endpoint
 from celery_s3_envelope.cli import envelope
 from celery_s3_envelope.kms import KmsKey, parse_kms_body
 from celery_s3_envelope.store import S3Store
+from support.cli import invoke
+from support.keys import with_active_k2
+from support.kms import kms_key_arn
+from support.s3 import S3Endpoint
 
 PREFIX = "celery/"
 
@@ -30,15 +31,12 @@ def s3_args(s3_endpoint: S3Endpoint, bucket: str, monkeypatch: pytest.MonkeyPatc
 
 
 def run(*args: str | Path, app: Celery | None = None) -> Result:
-    obj = None if app is None else CLIContext(app=app, no_color=True, workdir=None)
-    return CliRunner().invoke(envelope, [str(a) for a in args], obj=obj)
+    return invoke(envelope, *args, app=app)
 
 
 def rotated_keyring(tmp_path: Path, first: cse.Keyring) -> Path:
     path = tmp_path / "rotated.json"
-    first.with_entry(
-        cse.LocalKey("k2", os.urandom(32), cse.KeyState.ACTIVE), activate=True
-    ).to_file(path)
+    with_active_k2(first).to_file(path)
     return path
 
 
@@ -117,17 +115,6 @@ def test_celery_subcommand_uses_the_apps_settings(
 # -- KMS KEKs ---------------------------------------------------------------------------------
 
 
-def kms_key_arn(kms_endpoint: str) -> str:
-    client = boto3.client(
-        "kms",
-        endpoint_url=kms_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    return str(client.create_key()["KeyMetadata"]["Arn"])
-
-
 def kms_slots(store: S3Store, keys: list[str]) -> list[tuple[str, bytes]]:
     """(scope, KMS blob) of each object's key slot."""
     slots = [parse_kms_body(cse.inspect(store.get(key) or b"").wrap_body) for key in keys]
@@ -201,3 +188,66 @@ def test_standalone_commands_call_kms_through_boto3s_environment(
     scanned = run("scan", "--verify", "--keyring", path, "--json", *s3_args)
     assert scanned.exit_code == 0, scanned.output
     assert json.loads(scanned.stdout)["verify"]["verified"] == 2
+
+
+def test_standalone_rotate_to_a_kms_kek_seals_for_the_buckets_scope(
+    s3_endpoint: Any,
+    kms_endpoint: str,
+    bucket: str,
+    store: S3Store,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    import boto3
+    from click.testing import CliRunner
+
+    from celery_s3_envelope import kms as kms_module
+    from celery_s3_envelope.cli import envelope
+    from celery_s3_envelope.envelope import unpack
+    from celery_s3_envelope.kms import parse_kms_body
+
+    for name, value in {  # boto3's chain: S3's credentials, which moto's KMS accepts too
+        "AWS_ACCESS_KEY_ID": s3_endpoint.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": s3_endpoint.secret_access_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_KMS": kms_endpoint,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(kms_module, "_default_provider", None)
+    arn = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    k1 = cse.Keyring.generate("k1")
+    document = k1.to_dict()
+    document["keys"][0]["state"] = "decrypt"
+    document["keys"].append(
+        {"id": "kms-1", "kms_key_id": arn, "state": "active", "created": "2025-01-01T00:00:00Z"}
+    )
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps(document))
+    path.chmod(0o600)
+    key = "results/celery-task-meta-kms"
+    store.put(key, cse.seal("v", key=key, keyring=k1))
+
+    result = CliRunner().invoke(
+        envelope,
+        [
+            "rotate",
+            "--bucket",
+            bucket,
+            "--prefix",
+            "results/",
+            "--keyring",
+            str(path),
+            "--endpoint-url",
+            s3_endpoint.endpoint_url,
+            "--region",
+            "us-east-1",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    header = unpack(store.get(key) or b"").header
+    assert header.kek_id == "kms-1"
+    scope, _, _ = parse_kms_body(header.wrap_body)
+    assert scope == f"{bucket}/results/"  # what EnvelopeS3Backend(s3_base_path="results/") uses

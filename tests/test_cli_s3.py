@@ -14,10 +14,8 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from celery.bin.base import CLIContext
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from backend_helpers import S3Endpoint
 from celery_s3_envelope import Keyring, seal
 from celery_s3_envelope.backend import EnvelopeS3Backend
 from celery_s3_envelope.cli import envelope
@@ -25,9 +23,12 @@ from celery_s3_envelope.cli.sources import Source, read_header
 from celery_s3_envelope.ops.context import Context
 from celery_s3_envelope.ops.scan import HEADER_PROBE
 from celery_s3_envelope.store import S3Store
-from cli_app import CONFIG_VARIABLE
+from support.apps import backend_of
+from support.cli import invoke
+from support.cli_app import CONFIG_VARIABLE
+from support.paths import TESTS, subprocess_pythonpath
+from support.s3 import S3Endpoint
 
-TESTS = Path(__file__).parent
 BASE_PATH = "results/"
 RESULT = {"patient": "Zoë Ångström", "codes": ["A01"] * 40}
 SECRET = "Zoë Ångström"
@@ -48,9 +49,7 @@ def app(make_app: Callable[..., Celery], keyring_file: Path) -> Celery:
 
 @pytest.fixture
 def app_backend(app: Celery) -> EnvelopeS3Backend:
-    backend = app.backend
-    assert isinstance(backend, EnvelopeS3Backend)
-    return backend
+    return backend_of(app)
 
 
 def store_result(backend: EnvelopeS3Backend, value: Any = RESULT, state: str = "SUCCESS") -> str:
@@ -62,8 +61,7 @@ def store_result(backend: EnvelopeS3Backend, value: Any = RESULT, state: str = "
 
 def run(*args: str | os.PathLike[str], app: Celery | None = None) -> Result:
     """Standalone, or (``app``) as ``celery -A app envelope ...`` hands the command its app."""
-    obj = None if app is None else CLIContext(app=app, no_color=True, workdir=None)
-    return CliRunner().invoke(envelope, [str(a) for a in args], obj=obj)
+    return invoke(envelope, *args, app=app)
 
 
 def only_error(result: Result) -> str:
@@ -238,7 +236,7 @@ def test_celery_subcommand_entry_point(
     s3_endpoint: S3Endpoint,
     keyring_file: Path,
 ) -> None:
-    """The real thing: `celery -A cli_app envelope inspect s3://...` in its own process, the
+    """The real thing: `celery -A support.cli_app envelope inspect s3://...` in its own process, the
     command found through the `celery.commands` entry point, S3 reached with the app's
     endpoint and credentials (none in the environment)."""
     object_key = store_result(app_backend)
@@ -251,10 +249,10 @@ def test_celery_subcommand_entry_point(
     env = {
         **os.environ,
         CONFIG_VARIABLE: json.dumps(config),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": subprocess_pythonpath(),
     }
     command = [
-        sys.executable, "-m", "celery", "-A", "cli_app", "envelope", "inspect",
+        sys.executable, "-m", "celery", "-A", "support.cli_app", "envelope", "inspect",
         "--json", f"s3://{bucket}/{object_key}",
     ]  # fmt: skip
     done = subprocess.run(

@@ -15,7 +15,6 @@ The fast tier runs 200 tasks per pool; ``make test-all`` runs the issue's 2,000.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -27,14 +26,15 @@ import pytest
 from celery.result import AsyncResult, ResultSet
 
 import celery_s3_envelope as cse
-from backend_helpers import S3Endpoint
 from celery_s3_envelope.ops.rotate import Rotation
 from celery_s3_envelope.ops.sweep import ObjectResult, Outcome
 from celery_s3_envelope.store import Fetched, S3Store
-from e2e_app import secret
-from e2e_worker import RESULT_TIMEOUT, running_worker
+from support.e2e_app import secret
+from support.keys import two_keyrings
+from support.s3 import S3Endpoint
+from support.worker import BASE_PATH as BASE
+from support.worker import RESULT_TIMEOUT, running_worker
 
-BASE = "e2e/results/"  # the e2e app's s3_base_path
 ROTATION_THREADS = 8
 HELD = 4
 """Objects whose first read by the rotation is held: fewer than its threads, so it goes on."""
@@ -90,8 +90,7 @@ def run_pool(
     s3_endpoint: S3Endpoint, bucket: str, store: S3Store, tmp_path: Path, pool: str,
     concurrency: int, tasks: int,
 ) -> None:  # fmt: skip
-    k1 = cse.Keyring.generate("k1")
-    both = k1.with_entry(cse.LocalKey("k2", os.urandom(32), cse.KeyState.ACTIVE), activate=True)
+    k1, both = two_keyrings()
     keyring_file = tmp_path / "keys.json"
     both.to_file(keyring_file)  # workers seal under k2 and still open k1
     token = uuid.uuid4().hex

@@ -15,18 +15,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 import celery_s3_envelope as cse
-from backend_helpers import S3Endpoint, fresh_bucket, server_answers
 from celery_s3_envelope.backend import INCR_MAX_ATTEMPTS, EnvelopeS3Backend
 from celery_s3_envelope.ops.migrate import Migration
 from celery_s3_envelope.ops.rotate import Rotation
 from celery_s3_envelope.store import NOT_HONOURED, S3Store
+from support.s3 import S3Endpoint, fresh_bucket, server_answers
 
 PREFIX = "results/"
-
-
-@pytest.fixture
-def both(keyring: cse.Keyring) -> cse.Keyring:
-    return keyring.with_entry(cse.LocalKey("k2", b"\x02" * 32, cse.KeyState.ACTIVE), activate=True)
 
 
 def sealed(store: S3Store, keyring: cse.Keyring, count: int) -> list[str]:

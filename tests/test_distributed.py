@@ -15,25 +15,20 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from celery.bin.base import CLIContext
-from click.testing import CliRunner
 
 import celery_s3_envelope as cse
-from backend_helpers import S3Endpoint, fresh_bucket
 from celery_s3_envelope.cli import envelope
 from celery_s3_envelope.ops.rotate import Rotation
 from celery_s3_envelope.ops.runs import Driver
 from celery_s3_envelope.store import S3Store
-from distributed_helpers import (
-    BASE,
-    fill,
-    layout,
-    pool_children,
-    value,
-    worker_puts,
-)
-from e2e_app import PUT_LOG_VARIABLE
-from e2e_worker import running_worker
+from support.cli import invoke
+from support.distributed import fill, layout, pool_children, worker_puts
+from support.e2e_app import PUT_LOG_VARIABLE
+from support.keys import two_keyrings
+from support.results import value
+from support.s3 import S3Endpoint, fresh_bucket
+from support.worker import BASE_PATH as BASE
+from support.worker import running_worker
 
 INCLUDE = {"include": ["celery_s3_envelope.distributed"]}
 TIMEOUT = "240"
@@ -44,16 +39,14 @@ IGNORED = ("elapsed_seconds", "objects_per_second", "run_id", "shards", "target"
 @pytest.fixture
 def keyrings(tmp_path: Path) -> tuple[cse.Keyring, cse.Keyring, Path]:
     """(k1 active), (k1 decrypt, k2 active) and the latter's file, which the workers load."""
-    k1 = cse.Keyring.generate("k1")
-    both = k1.with_entry(cse.LocalKey("k2", os.urandom(32), cse.KeyState.ACTIVE), activate=True)
+    k1, both = two_keyrings()
     path = tmp_path / "rotated.json"
     both.to_file(path)
     return k1, both, path
 
 
 def cli(app: Celery, *args: str) -> tuple[int, dict[str, Any], str]:
-    obj = CLIContext(app=app, no_color=True, workdir=None)
-    result = CliRunner().invoke(envelope, list(args), obj=obj)
+    result = invoke(envelope, *args, app=app)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     return result.exit_code, json.loads(result.stdout), result.stderr
 

@@ -5,7 +5,6 @@ merged report counts every object once."""
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -45,13 +44,6 @@ class Outbox:
 
     def send_task(self, name: str, args: list[Any], queue: str | None = None) -> None:
         self.jobs.append(args[0])
-
-
-@pytest.fixture
-def both(keyring: cse.Keyring) -> cse.Keyring:
-    return keyring.with_entry(
-        cse.LocalKey("k2", os.urandom(32), cse.KeyState.ACTIVE), activate=True
-    )
 
 
 def filled(store: S3Store, keyring: cse.Keyring, count: int) -> list[str]:

@@ -10,7 +10,7 @@ from celery import Celery
 
 import celery_s3_envelope as cse
 from celery_s3_envelope.store import S3Store
-from fault_injection import faults
+from support.faults import faults
 
 pytestmark = pytest.mark.s3
 ROUND_TRIPS = 500

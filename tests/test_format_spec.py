@@ -12,14 +12,14 @@ import hashlib
 import json
 import re
 import struct
-from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
-ROOT = Path(__file__).resolve().parent.parent
+from support.paths import ROOT
+
 SPEC = (ROOT / "docs" / "format.md").read_text()
 ENCODINGS = {"uint8": ">B", "uint16": ">H", "uint32": ">I", "uint64": ">Q"}
 

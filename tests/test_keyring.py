@@ -13,8 +13,7 @@ import pytest
 
 import celery_s3_envelope as cse
 from celery_s3_envelope.keyring import InsecureKeyringWarning
-
-ROOT = Path(__file__).resolve().parent.parent
+from support.paths import ROOT
 
 
 def entry(kek_id: str, state: str = "active", material: bytes | None = None) -> dict[str, str]:

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from celery import states
 from click.testing import CliRunner
@@ -21,6 +20,7 @@ from celery_s3_envelope.ops.rotate import Rotation
 from celery_s3_envelope.ops.sweep import Outcome
 from celery_s3_envelope.pipeline import Pipeline
 from celery_s3_envelope.store import S3Store
+from support.kms import CountingKms, fake_keyring, moto_kms_client
 
 KEY = "celery-task-meta-3e1f0a2b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"
 
@@ -31,42 +31,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class CountingKms:
-    """A local stand-in for KMS: enforces the encryption context, counts calls."""
-
-    def __init__(self) -> None:
-        self.generated = 0
-        self.decrypted = 0
-        self._keys: dict[bytes, tuple[bytes, dict[str, str]]] = {}
-
-    def generate_data_key(self, **kw: Any) -> dict[str, bytes]:
-        self.generated += 1
-        plaintext, blob = os.urandom(kw["NumberOfBytes"]), os.urandom(64)
-        self._keys[blob] = (plaintext, kw["EncryptionContext"])
-        return {"Plaintext": plaintext, "CiphertextBlob": blob}
-
-    refusal: str | None = None
-    """When set, Decrypt fails with this KMS error code (moto never refuses a disabled key)."""
-
-    def decrypt(self, **kw: Any) -> dict[str, bytes]:
-        from botocore.exceptions import ClientError
-
-        self.decrypted += 1
-        if self.refusal is not None:
-            error = {"Code": self.refusal, "Message": f"{kw['KeyId']} is disabled."}
-            raise ClientError({"Error": error}, "Decrypt")
-        plaintext, context = self._keys[kw["CiphertextBlob"]]
-        if context != kw["EncryptionContext"]:
-            raise ClientError({"Error": {"Code": "InvalidCiphertextException"}}, "Decrypt")
-        return {"Plaintext": plaintext}
-
-
-def fake_keyring(kms: CountingKms, **provider_args: Any) -> tuple[cse.Keyring, KmsProvider]:
-    provider = KmsProvider(client_factory=lambda: kms, **provider_args)  # type: ignore[arg-type,return-value]
-    keyring = cse.Keyring([KmsKey("kms-1", "arn:aws:kms:test:key/1", cse.KeyState.ACTIVE)])
-    return keyring.with_kms(provider), provider
 
 
 def test_cache_reuses_one_intermediate_key_and_opens_with_one_decrypt() -> None:
@@ -161,6 +125,41 @@ def test_changed_scope_in_the_slot_fails_at_kms_and_names_the_kek() -> None:
     assert caught.value.code == "InvalidCiphertextException"
 
 
+def test_kms_slot_scope_change_is_detected_even_with_a_warm_decrypt_cache() -> None:
+    kms = CountingKms()
+    keyring, _ = fake_keyring(kms, scope="bucket/a")
+    envelope = cse.seal("regulated value", key=KEY, keyring=keyring)
+    assert cse.unseal(envelope, keyring=keyring, key=KEY) == "regulated value"  # warms the cache
+    at = envelope.index(b"bucket/a")
+    tampered = envelope[:at] + b"bucket/b" + envelope[at + len(b"bucket/a") :]
+    with pytest.raises(cse.EnvelopeError):  # a cold reader gets KmsError here
+        cse.unseal(tampered, keyring=keyring, key=KEY)
+
+
+def test_kms_intermediate_key_cache_is_not_inherited_across_fork() -> None:
+    """A prefork child draws its own intermediate key: the parent's cached one (and its
+    remaining uses) stay with the parent."""
+    kms = CountingKms()
+    keyring, _ = fake_keyring(kms, scope="bucket/a", cache_uses=10)
+    provider = keyring.active.provider  # type: ignore[attr-defined]
+    arn = keyring.active.kms_key_id  # type: ignore[attr-defined]
+    parent_ik = provider.data_key("kms-1", arn, "bucket/a")
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report whether it reused the parent's key, then leave at once
+        try:
+            child_ik = provider.data_key("kms-1", arn, "bucket/a")
+            os.write(writer, b"same" if child_ik == parent_ik else b"own")
+        finally:
+            os._exit(0)
+    os.close(writer)
+    answer = os.read(reader, 16)
+    os.close(reader)
+    os.waitpid(pid, 0)
+    assert answer == b"own"
+    assert provider.data_key("kms-1", arn, "bucket/a") == parent_ik  # the parent keeps its own
+
+
 # -- against moto's KMS server --------------------------------------------------------------
 
 
@@ -178,13 +177,7 @@ def kms_from_environment(monkeypatch: pytest.MonkeyPatch, kms_endpoint: str) -> 
 
 @pytest.fixture
 def kms_client(kms_endpoint: str) -> Any:
-    return boto3.client(
-        "kms",
-        endpoint_url=kms_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return moto_kms_client(kms_endpoint)
 
 
 def counted_provider(kms_endpoint: str, calls: list[str], **args: Any) -> KmsProvider:

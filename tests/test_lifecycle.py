@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from celery.bin.base import CLIContext
 from celery.exceptions import ImproperlyConfigured
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from celery_s3_envelope import lifecycle
 from celery_s3_envelope.cli import envelope
 from celery_s3_envelope.store import S3Store
+from support.cli import invoke
 
 UNRELATED = {
     "ID": "archive-logs",
@@ -26,8 +26,7 @@ UNRELATED = {
 
 
 def run(app: Celery, *args: str) -> Result:
-    obj = CLIContext(app=app, no_color=True, workdir=None)
-    return CliRunner().invoke(envelope, ["lifecycle", "apply", *args], obj=obj)
+    return invoke(envelope, "lifecycle", "apply", *args, app=app)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from celery.utils.imports import symbol_by_name
 
 from celery_s3_envelope import redact
 from celery_s3_envelope.redact_text import exception_summary, result_marker, traceback_summary
-from redact_events import collecting_events
+from support.events import collecting_events
 
 MARKER = "ssn-078-05-1120"
 INNER = "inner-4242"

@@ -1,9 +1,9 @@
 """End to end: a real ``celery worker`` with events on prints no result and no exception message.
 
-The worker is started the ordinary way (``celery -A e2e_app worker -E``, configuration only: the
-backend wires ``envelope_redact`` when it starts), logs every logger at DEBUG, and an event
+The worker is started the ordinary way (``celery -A support.e2e_app worker -E``, configuration only:
+the backend wires ``envelope_redact`` when it starts), logs every logger at DEBUG, and an event
 receiver listens on the broker. The tasks' results and exception messages are hashes of a fresh
-token (``e2e_app.secret``), so finding one in a log record or an event means it leaked. With
+token (``support.e2e_app.secret``), so finding one in a log record or an event means it leaked. With
 ``envelope_redact = False`` the same run must find them, which shows the scan can fail.
 """
 
@@ -19,12 +19,10 @@ from celery import chord, states
 from celery.exceptions import ChordError
 from celery.result import AsyncResult, ResultSet
 
-from backend_helpers import S3Endpoint
-from e2e_app import E2EFailure, secret
-from e2e_worker import Worker
-from redact_events import EventCollector, collecting_events
-from redact_worker import running_worker
-from test_e2e_worker import _records
+from support.e2e_app import E2EFailure, secret
+from support.events import EventCollector, collecting_events
+from support.s3 import S3Endpoint
+from support.worker import Worker, log_records, running_worker
 
 SUCCEEDED, FAILED = range(0, 3), range(3, 5)
 CHORD_OK, CHORD_FAILED = 5, 6  # a chord whose header fails: Celery logs "Chord %r raised: %r"
@@ -72,7 +70,7 @@ def _run_tasks(worker: Worker, events: EventCollector, token: str) -> dict[str, 
 def _worker_records(tmp_path: Path) -> list[tuple[str, str]]:
     """Every record of the worker's log file and of its stdout/stderr (tracebacks included)."""
     log = (tmp_path / "worker.log").read_text(errors="replace")
-    return _records(log) + _records((tmp_path / "worker.out").read_text(errors="replace"))
+    return log_records(log) + log_records((tmp_path / "worker.out").read_text(errors="replace"))
 
 
 def _secrets(token: str) -> list[str]:
@@ -102,7 +100,7 @@ def test_worker_logs_and_events_hold_no_result_or_exception_text(
     token = uuid.uuid4().hex
     with (
         running_worker(
-            s3_endpoint, bucket, keyring_file, tmp_path, pool=pool, quiet=quiet
+            s3_endpoint, bucket, keyring_file, tmp_path, pool=pool, quiet=quiet, events=True
         ) as worker,
         collecting_events(worker.app) as events,
     ):
@@ -142,7 +140,7 @@ def test_with_redaction_off_the_same_scan_finds_the_values(
     token = uuid.uuid4().hex
     with (
         running_worker(
-            s3_endpoint, bucket, keyring_file, tmp_path, envelope_redact=False
+            s3_endpoint, bucket, keyring_file, tmp_path, events=True, envelope_redact=False
         ) as worker,
         collecting_events(worker.app) as events,
     ):

@@ -27,7 +27,9 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "ceph-rgw.sh"
+from support.paths import ROOT
+
+SCRIPT = ROOT / "scripts" / "ceph-rgw.sh"
 BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph", "monmaptool")
 UP_TIMEOUT = 300  # seconds; includes installing the packages when CEPH_RGW_TEST=1 asks for it
 DOWN_TIMEOUT = 60

@@ -15,6 +15,7 @@ import celery_s3_envelope as cse
 from celery_s3_envelope import pipeline
 from celery_s3_envelope.ops.rotate import Rotation
 from celery_s3_envelope.ops.scan import scan
+from celery_s3_envelope.pipeline import EncryptStage, derive_content_keys
 from celery_s3_envelope.store import S3Store
 
 MARKER = "PLAINTEXT-MARKER-7f3a"
@@ -130,3 +131,13 @@ def test_nothing_secret_in_logs_errors_reprs_or_uris(
     for text in captured.texts:
         assert MARKER not in text, text
     assert "testing-secret-access-key" not in shown  # the S3 secret of conftest's endpoint
+
+
+def test_key_holding_objects_do_not_show_key_material_in_repr() -> None:
+    dek, salt = os.urandom(32), os.urandom(16)
+    keys = derive_content_keys(dek, salt, EncryptStage.suite)
+    assert repr(keys.key) not in repr(keys) and repr(keys.commitment) not in repr(keys)
+    from celery_s3_envelope.kms import _CachedKey
+
+    secret = os.urandom(32)
+    assert repr(secret) not in repr(_CachedKey(secret, b"blob", 0.0, 1))

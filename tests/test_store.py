@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from backend_helpers import S3Endpoint, count_requests, missing_bucket_name, server_answers
 from celery_s3_envelope import Keyring, inspect, seal
 from celery_s3_envelope.envelope import PREAMBLE_SIZE, header_length
 from celery_s3_envelope.store import S3Store, is_transient, is_write_conflict
+from support.s3 import S3Endpoint, count_requests, missing_bucket_name, server_answers
 
 
 def test_get_is_one_request_and_missing_is_none(store: S3Store) -> None:

@@ -113,6 +113,27 @@ def test_zstd_bomb_is_refused_without_allocating(declared: int) -> None:
     assert peak < 4 << 20, f"peak {peak} bytes while refusing a bomb"
 
 
+def test_compressed_envelope_with_oversized_ciphertext_is_refused_before_decryption() -> None:
+    keyring = cse.Keyring.generate("k1")
+    limit = 1024 * 1024
+    envelope = EncryptStage().seal(
+        b"\0" * (8 * limit),  # 8 MiB of "compressed" payload declaring a 10-byte plaintext
+        payload_kind=PayloadKind.BYTES,
+        compression=Compression.ZSTD,
+        payload_size=10,
+        key=KEY,
+        kek=keyring.active,
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(cse.EnvelopeError):
+            Pipeline(max_size=limit).unseal(envelope, keyring=keyring, key=KEY)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < limit
+
+
 def test_frame_without_content_size_or_with_trailing_data_is_refused() -> None:
     import zstandard
 

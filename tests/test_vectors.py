@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +12,9 @@ from celery_s3_envelope import errors
 from celery_s3_envelope.envelope import Compression, unpack
 from celery_s3_envelope.kms import KmsProvider
 from celery_s3_envelope.pipeline import EncryptStage, Pipeline
+from support.paths import TESTS
 
-VECTORS = Path(__file__).parent / "vectors"
+VECTORS = TESTS / "vectors"
 
 
 def load(name: str) -> tuple[cse.Keyring, list[dict[str, Any]]]:

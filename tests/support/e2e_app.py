@@ -1,9 +1,10 @@
-"""The Celery app of the end-to-end test: the worker subprocess and the test share it.
+"""The Celery app of ``support.worker``'s workers: the worker subprocess and the test share it.
 
-The worker imports this module (``celery -A e2e_app worker``) and configures the app from the JSON
-in ``E2E_CELERY_CONFIG``; the test calls ``make_app`` with the same dictionary. Results are
-derived from the arguments through a hash, so a result's text never appears in its arguments:
-finding it anywhere (a bucket object, a log line) means the result itself leaked.
+The worker imports this module (``celery -A support.e2e_app worker``) and configures the app from
+the JSON in ``E2E_CELERY_CONFIG``; the test calls ``make_app`` with the same dictionary. Results
+are derived from the arguments through a hash, so a result's text never appears in its arguments:
+finding it anywhere (a bucket object, a log line) means the result itself leaked. (The redaction
+tests expect tracebacks to name this file ``e2e_app.py``.)
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""kombu's filesystem transport with an atomic publish, the end-to-end test's broker.
+"""kombu's filesystem transport with an atomic publish, the broker of ``support.worker``'s workers.
 
 kombu 5.7's filesystem transport creates a message file and then writes into it; a consumer that
 polls in between moves the still-empty file away, reads ``b""`` and the worker dies with
 ``JSONDecodeError`` ("Unrecoverable error"). Writing under a name no queue matches, then renaming
 it into place (atomic on one filesystem), closes that window. Selected with
-``broker_transport = "e2e_broker:Transport"``.
+``broker_transport = "support.broker:Transport"``.
 """
 
 from __future__ import annotations

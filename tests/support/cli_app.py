@@ -1,4 +1,4 @@
-"""The Celery app of ``celery -A cli_app envelope ...`` in tests/test_cli_s3.py.
+"""The Celery app of ``celery -A support.cli_app envelope ...`` in tests/test_cli_s3.py.
 
 Configured from the JSON in ``$CLI_APP_CONFIG`` (bucket, base path, endpoint, credentials,
 keyring path), exactly as a project's own app would be: the command takes everything from it.

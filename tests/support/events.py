@@ -1,4 +1,4 @@
-"""A bounded task-event receiver for the redaction tests: a thread consuming the app's broker.
+"""A bounded task-event receiver (the redaction tests): a thread consuming the app's broker.
 
 Every wait has a timeout and ``close`` always stops the thread, so a missing event fails a test
 instead of hanging it.

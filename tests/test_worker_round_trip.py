@@ -1,18 +1,16 @@
 """End to end: a real ``celery worker`` (prefork, 2 processes) storing results in the bucket.
 
 The broker is kombu's filesystem transport in ``tmp_path`` (nothing to install or start; see
-``e2e_broker`` for the one fix it needs); results go through ``EnvelopeS3Backend`` to the session's
-S3 endpoint. The test sends 200 tasks (successes, failures with tracebacks, a group, a chord of
-50), reads every result back, then proves from the bucket alone that nothing in it is plaintext,
-and from the logs that nothing leaked there.
+``support.broker`` for the one fix it needs); results go through ``EnvelopeS3Backend`` to the
+session's S3 endpoint. The test sends 200 tasks (successes, failures with tracebacks, a group, a
+chord of 50), reads every result back, then proves from the bucket alone that nothing in it is
+plaintext, and from the logs that nothing leaked there.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import re
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,17 +20,17 @@ import pytest
 from celery import chord, group, states
 from celery.result import AsyncResult, ResultSet
 
-from backend_helpers import S3Endpoint
 from celery_s3_envelope import Keyring, unseal
-from e2e_app import CALLBACK_LOG_SETTING, E2EFailure, secret
-from e2e_worker import RESULT_TIMEOUT, Worker, running_worker
+from support.e2e_app import CALLBACK_LOG_SETTING, E2EFailure, secret
+from support.keys import key_material
+from support.s3 import S3Endpoint
+from support.worker import RESULT_TIMEOUT, Worker, log_records, running_worker
 
 # Celery itself logs task return values and exceptions (``celery.app.trace``, INFO and ERROR) and
 # task arguments (``celery.pool``, DEBUG; a chord callback's arguments are its header's results),
 # whatever the backend. docs/backend.md tells users with regulated results how to quiet them.
 # Every other record, the backend's, botocore's and kombu's included, must be free of plaintext.
 CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.pool")
-RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\S+) ")
 
 
 @pytest.fixture
@@ -42,14 +40,6 @@ def worker(
     """A running worker, and the app to talk to it."""
     with running_worker(s3_endpoint, bucket, keyring_file, tmp_path) as running:
         yield running
-
-
-def _key_material(keyring: Keyring) -> list[str]:
-    found = []
-    for entry in keyring.to_dict()["keys"]:
-        raw = base64.b64decode(entry["key"])
-        found += [entry["key"], raw.hex(), repr(raw)[2:-1]]
-    return found
 
 
 def test_worker_round_trip_leaves_no_plaintext(
@@ -131,9 +121,9 @@ def test_worker_round_trip_leaves_no_plaintext(
 
     # Logs at DEBUG (worker and this process): no key material anywhere; results only where
     # Celery's tracer prints them, which shows the scan does see results when they are logged.
-    material = _key_material(keyring)
-    records = _records(log_file.read_text(errors="replace"))
-    records += _records((tmp_path / "worker.out").read_text(errors="replace"))
+    material = key_material(keyring)
+    records = log_records(log_file.read_text(errors="replace"))
+    records += log_records((tmp_path / "worker.out").read_text(errors="replace"))
     records += [(r.name, r.getMessage()) for r in caplog.records]
     results = [text for text in plaintexts if text.startswith(("result-", "failure-"))]
     seen_by_tracer = 0
@@ -145,15 +135,3 @@ def test_worker_round_trip_leaves_no_plaintext(
     assert seen_by_tracer > 0
     assert not any("Chord counter incremented too many times" in text for _, text in records)
     assert not any("celery.chord_unlock[" in text for _, text in records)  # no polling task ran
-
-
-def _records(log: str) -> list[tuple[str, str]]:
-    """(logger name, text) per record; a record's traceback lines belong to it."""
-    records: list[tuple[str, str]] = []
-    for line in log.splitlines():
-        start = RECORD_START.match(line)
-        if start or not records:
-            records.append((start.group(1) if start else "", line))
-        else:
-            records[-1] = (records[-1][0], records[-1][1] + "\n" + line)
-    return records

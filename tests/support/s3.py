@@ -1,4 +1,5 @@
-"""Helpers for the backend and store tests (not fixtures: plain functions and types)."""
+"""The tests' S3: where it is (``S3Endpoint``), fresh buckets, the requests a client sends, and S3
+error replies made up without reaching the server."""
 
 from __future__ import annotations
 
@@ -123,7 +124,9 @@ def fresh_bucket(client: S3Client, *, versioned: bool = False) -> Iterator[str]:
         client.delete_bucket(Bucket=name)
 
 
-class _RawBody:
+class RawBody:
+    """A response body as botocore reads it (``stream``), for replies made up in ``before-send``."""
+
     def __init__(self, body: bytes) -> None:
         self.body = body
 
@@ -131,17 +134,23 @@ class _RawBody:
         yield self.body
 
 
+def error_response(request: Any, status: int, code: str, message: str) -> AWSResponse:
+    """The S3 error reply ``status`` / ``code`` to ``request``, as if the server had sent it (a
+    ``before-send`` handler returns it instead of sending the request)."""
+    body = (
+        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+        f"<Message>{message}</Message></Error>"
+    ).encode()
+    return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, RawBody(body))
+
+
 @contextmanager
 def server_answers(client: Any, operation: str, status: int, code: str) -> Iterator[None]:
     """Inside the block, ``operation`` gets an S3 error reply without reaching the server (for
     replies moto cannot be made to give, such as 403 AccessDenied)."""
-    body = (
-        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
-        f"<Message>{code} (simulated)</Message></Error>"
-    ).encode()
 
     def answer(request: Any, **_: Any) -> AWSResponse:
-        return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _RawBody(body))
+        return error_response(request, status, code, f"{code} (simulated)")
 
     event = f"before-send.s3.{operation}"
     client.meta.events.register_first(event, answer)

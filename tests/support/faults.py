@@ -19,20 +19,9 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
 from botocore.httpsession import URLLib3Session
 
+from support.s3 import error_response
+
 FAULTS = ("500", "503", "reset-before", "timeout-after", "reset-after")
-
-
-class _Body:
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self.body
-
-
-def _error(request: Any, status: int, code: str) -> AWSResponse:
-    body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
-    return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _Body(body))
 
 
 class FaultInjector:
@@ -52,9 +41,9 @@ class FaultInjector:
             fault = self.random.choice(FAULTS)
             self.injected[fault] += 1
         if fault == "500":
-            return _error(request, 500, "InternalError")
+            return error_response(request, 500, "InternalError", "injected")
         if fault == "503":
-            return _error(request, 503, "SlowDown")
+            return error_response(request, 503, "SlowDown", "injected")
         if fault == "reset-before":
             raise ConnectionClosedError(endpoint_url=request.url)
         self._http.send(request)  # the server applies it; the client never hears back

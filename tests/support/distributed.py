@@ -8,27 +8,20 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import celery_s3_envelope as cse
 from celery_s3_envelope.ops.celery_keys import CELERY_KEY_PREFIXES
 from celery_s3_envelope.store import S3Store
+from support.results import value
+from support.worker import BASE_PATH
 
-if TYPE_CHECKING:
-    pass
-
-BASE = "e2e/results/"  # the worker app's s3_base_path (e2e_worker.worker_config)
 UNKNOWN_PLACES = ("aaa/", "celery-x-", "chord-", "zzz/")
-
-
-def value(i: int, version: str = "v1") -> str:
-    return f'{{"status": "SUCCESS", "result": {{"n": {i}, "version": "{version}"}}}}'
 
 
 def layout(count: int, unknown: int) -> tuple[list[str], list[str]]:
     """Envelope keys round-robin over the three prefixes, and unknown keys in the gaps."""
-    envelopes = [f"{BASE}{CELERY_KEY_PREFIXES[i % 3]}{uuid.uuid4()}" for i in range(count)]
-    others = [f"{BASE}{UNKNOWN_PLACES[i % 4]}{i}" for i in range(unknown)]
+    envelopes = [f"{BASE_PATH}{CELERY_KEY_PREFIXES[i % 3]}{uuid.uuid4()}" for i in range(count)]
+    others = [f"{BASE_PATH}{UNKNOWN_PLACES[i % 4]}{i}" for i in range(unknown)]
     return envelopes, others
 
 
@@ -51,7 +44,7 @@ def fill(
 
 
 def worker_puts(log: Path, bucket: str, keys: list[str]) -> Counter[str]:
-    """PUTs the workers made to ``keys`` of ``bucket`` (``e2e_app.PUT_LOG_VARIABLE``)."""
+    """PUTs the workers made to ``keys`` of ``bucket`` (``support.e2e_app.PUT_LOG_VARIABLE``)."""
     lines = Counter(log.read_text(encoding="utf-8").splitlines()) if log.exists() else Counter()
     return Counter({key: lines[f"{bucket}/{key}"] for key in keys})
 

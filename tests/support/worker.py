@@ -1,8 +1,9 @@
-"""Run a real ``celery -A e2e_app worker`` subprocess for the end-to-end tests.
+"""Run a real ``celery -A support.e2e_app worker`` subprocess: the one worker runner of the tests.
 
-The broker is kombu's filesystem transport in the test's ``tmp_path`` (see ``e2e_broker`` for the
-one fix it needs); results go through ``EnvelopeS3Backend`` to the session's S3 endpoint. Every
-wait is bounded, and the worker's whole process group is killed on every exit path.
+The broker is kombu's filesystem transport in the test's ``tmp_path`` (see ``support.broker`` for
+the one fix it needs); results go through ``EnvelopeS3Backend`` to the session's S3 endpoint. Every
+wait is bounded, and the worker's whole process group is killed on every exit path. Callers choose
+the pool, the concurrency, task events (``events``), Celery's ``--quiet`` and extra settings.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,13 +25,17 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from backend_helpers import S3Endpoint
-from e2e_app import CALLBACK_LOG_SETTING, CONFIG_VARIABLE, make_app
+from support.e2e_app import CALLBACK_LOG_SETTING, CONFIG_VARIABLE, make_app
+from support.paths import TESTS, subprocess_pythonpath
+from support.s3 import S3Endpoint
 
-TESTS = Path(__file__).parent
 READY_TIMEOUT = 60.0
 RESULT_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
+BASE_PATH = "e2e/results/"
+"""The worker app's ``s3_base_path``: every result the worker stores is under it."""
+RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\S+) ")
+"""The start of a record in the worker's log (``worker_log_format``), with its logger's name."""
 
 
 def worker_config(
@@ -41,7 +47,7 @@ def worker_config(
     log_format = "%(asctime)s %(name)s %(levelname)s %(processName)s: %(message)s"
     return {
         "broker_url": "filesystem://",
-        "broker_transport": "e2e_broker:Transport",  # kombu's, with an atomic publish
+        "broker_transport": "support.broker:Transport",  # kombu's, with an atomic publish
         "broker_transport_options": {
             "data_folder_in": str(queue),
             "data_folder_out": str(queue),
@@ -54,7 +60,7 @@ def worker_config(
         "result_extended": True,
         "envelope_keyring": str(keyring_path),
         **endpoint.settings(bucket),
-        "s3_base_path": "e2e/results/",
+        "s3_base_path": BASE_PATH,
         "worker_log_format": log_format,
         "worker_task_log_format": log_format,
         "worker_prefetch_multiplier": 4,
@@ -100,17 +106,18 @@ def running_worker(
     quiet: bool = False,
     **settings: Any,
 ) -> Iterator[Worker]:
-    """A worker logging everything at DEBUG to ``tmp_path / "worker.log"``; ``events`` adds -E,
-    ``quiet`` Celery's ``--quiet`` (no banner)."""
+    """A worker logging everything at DEBUG to ``tmp_path / "worker.log"`` (its stdout and stderr
+    to ``tmp_path / "worker.out"``). ``events`` adds -E (task events), ``quiet`` Celery's
+    ``--quiet`` (no banner); ``settings`` are added to the app's configuration."""
     config = {**worker_config(endpoint, bucket, keyring_file, tmp_path), **settings}
     log_file = tmp_path / "worker.log"
     env = {
         **os.environ,
         CONFIG_VARIABLE: json.dumps(config),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": subprocess_pythonpath(),
     }
     command = [
-        sys.executable, "-m", "celery", "-A", "e2e_app", *(["--quiet"] if quiet else []),
+        sys.executable, "-m", "celery", "-A", "support.e2e_app", *(["--quiet"] if quiet else []),
         "worker", *(["-E"] if events else []),
         f"--pool={pool}", f"--concurrency={concurrency}", "--loglevel=DEBUG",
         f"--logfile={log_file}", "--without-gossip", "--without-mingle", "--without-heartbeat",
@@ -131,3 +138,15 @@ def running_worker(
         yield Worker(make_app(config), log_file, process)
     finally:
         stop(process)
+
+
+def log_records(log: str) -> list[tuple[str, str]]:
+    """(logger name, text) per record of a worker's log; a record's traceback lines belong to it."""
+    records: list[tuple[str, str]] = []
+    for line in log.splitlines():
+        start = RECORD_START.match(line)
+        if start or not records:
+            records.append((start.group(1) if start else "", line))
+        else:
+            records[-1] = (records[-1][0], records[-1][1] + "\n" + line)
+    return records
