@@ -415,9 +415,24 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         if undecided:
             yield from self._expired_by_state(undecided, failures_first)
 
+    def _bodies(self, object_keys: list[str]) -> Iterable[tuple[str, bytes | None]]:
+        """Each object's body, concurrently; one too large to read (``SizeLimitExceeded``) is
+        logged and kept, and the rest are read one by one."""
+        try:
+            return self.store.get_many(object_keys).items()
+        except EnvelopeError:
+            pass
+        bodies: list[tuple[str, bytes | None]] = []
+        for object_key in object_keys:
+            try:
+                bodies.append((object_key, self.store.get(object_key)))
+            except EnvelopeError as exc:
+                logger.warning("cleanup: %r kept: %s", object_key, type(exc).__name__)
+        return bodies
+
     def _expired_by_state(self, object_keys: list[str], failures: bool) -> Iterator[str]:
         """Those of ``object_keys`` that failed (``failures``) or did not; unreadable: kept."""
-        for object_key, data in self.store.get_many(object_keys).items():
+        for object_key, data in self._bodies(object_keys):
             if data is None:
                 continue
             try:

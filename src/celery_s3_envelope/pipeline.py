@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .envelope import (
     COMMITMENT_SIZE,
     MAGIC,
+    MAX_HEADER_SIZE,
     SALT_SIZE,
     TAG_SIZE,
     Compression,
@@ -271,6 +272,13 @@ class Pipeline:
         plaintext = self.encrypt.open(header, parts.associated_data, parts.ciphertext, kek)
         data = self.compress.decode(plaintext, header)
         return self.serialize.decode(data, header.payload_kind)
+
+
+def largest_envelope(max_size: int) -> int:
+    """The most bytes an envelope of a value up to ``max_size`` can take: the largest header,
+    the payload (stored compressed only when shorter) and the tag. Anything larger is refused
+    before its body is read (``S3Store(max_object_size=...)``, ``decode``)."""
+    return max_size + MAX_HEADER_SIZE + TAG_SIZE
 
 
 def checked_parts(envelope: bytes, *, key: str | None, max_size: int) -> Unpacked:

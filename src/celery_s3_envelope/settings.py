@@ -23,6 +23,7 @@ from .pipeline import (
     DEFAULT_COMPRESSION_MIN_SIZE,
     DEFAULT_MAX_SIZE,
     Pipeline,
+    largest_envelope,
 )
 from .store import S3Store
 
@@ -248,6 +249,8 @@ def pipeline_from_settings(settings: Mapping[str, Any]) -> Pipeline:
 
 
 def store_from_settings(settings: Mapping[str, Any]) -> S3Store:
+    """The store, bounded like the pipeline: nothing larger than an envelope of a value of
+    ``envelope_max_size`` is read."""
     put_extra_args = settings.get("s3_put_extra_args") or {}
     if not isinstance(put_extra_args, Mapping):
         raise ImproperlyConfigured("s3_put_extra_args must be a dict of PutObject arguments")
@@ -273,6 +276,9 @@ def store_from_settings(settings: Mapping[str, Any]) -> S3Store:
         else setting_int(settings, "s3_max_attempts", 3, 1),
         connect_timeout=setting_float(settings, "s3_connect_timeout", 10),
         read_timeout=setting_float(settings, "s3_read_timeout", 60),
+        max_object_size=largest_envelope(
+            setting_int(settings, "envelope_max_size", DEFAULT_MAX_SIZE, 1)
+        ),
     )
 
 

@@ -29,7 +29,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from .errors import error_code
+from .errors import SizeLimitExceeded, error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -141,7 +141,9 @@ class S3Store:
         max_attempts: int | None = None,
         connect_timeout: float = 10,
         read_timeout: float = 60,
+        max_object_size: int | None = None,
     ) -> None:
+        """``max_object_size``: objects larger than this are refused unread (None: no bound)."""
         if not bucket:
             raise ValueError("a bucket name is required")
         if mget_concurrency < 1:
@@ -153,6 +155,7 @@ class S3Store:
         self._secret_access_key = secret_access_key
         self.put_extra_args: dict[str, Any] = dict(put_extra_args or {})
         self.mget_concurrency = mget_concurrency
+        self.max_object_size = max_object_size
         retries: dict[str, Any] = {"mode": retries_mode}
         if max_attempts is not None:  # attempts in all, the first included (AWS_MAX_ATTEMPTS)
             retries["total_max_attempts"] = max_attempts
@@ -211,7 +214,10 @@ class S3Store:
         return None if fetched is None else (fetched.body, fetched.etag)
 
     def fetch(self, key: str) -> Fetched | None:
-        """Body, ETag and tag count from one GetObject; ``None`` when the key does not exist."""
+        """Body, ETag and tag count from one GetObject; ``None`` when the key does not exist.
+
+        An object larger than ``max_object_size`` raises ``SizeLimitExceeded`` before its body
+        is read (its ContentLength; a body longer than announced is cut off at the limit)."""
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
@@ -220,12 +226,24 @@ class S3Store:
             raise
         body = response["Body"]
         try:
+            limit = self.max_object_size
+            if limit is not None and int(response.get("ContentLength") or 0) > limit:
+                raise self._too_large(key, int(response["ContentLength"]))
+            data = body.read() if limit is None else body.read(limit + 1)
+            if limit is not None and len(data) > limit:
+                raise self._too_large(key, len(data))
             kept = {name: response[name] for name in KEPT_ON_REWRITE if response.get(name)}  # type: ignore[literal-required]
             if kept.get("StorageClass") == "STANDARD":
                 del kept["StorageClass"]
-            return Fetched(body.read(), response["ETag"], int(response.get("TagCount") or 0), kept)
+            return Fetched(data, response["ETag"], int(response.get("TagCount") or 0), kept)
         finally:
             body.close()
+
+    def _too_large(self, key: str, size: int) -> SizeLimitExceeded:
+        return SizeLimitExceeded(
+            f"object {key!r} is {size} bytes, more than the {self.max_object_size} an envelope "
+            "within envelope_max_size can take: refused unread"
+        )
 
     def etag(self, key: str) -> str | None:
         """The object's current ETag from one HeadObject; ``None`` when the key does not exist."""

@@ -7,6 +7,7 @@ a machine with neither configured.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import click
 
-from ..errors import error_code
+from ..envelope import MAX_HEADER_SIZE, PREAMBLE_SIZE
+from ..errors import SizeLimitExceeded, error_code
 from ..ops.context import S3_SCHEME, Context, Prefix, SettingsError
+from ..pipeline import DEFAULT_MAX_SIZE, largest_envelope
 
 STDIN = "-"
 
@@ -92,13 +95,23 @@ def sources_of(
 
 
 def read_local(source: Source) -> bytes:
-    """A file's or stdin's bytes."""
-    if source.path is None:
-        return sys.stdin.buffer.read()
+    """A file's or stdin's bytes; one larger than any envelope the commands open is refused
+    before it is read (its size for a file, a bounded read for stdin or a device)."""
+    limit = largest_envelope(DEFAULT_MAX_SIZE)
     try:
-        return source.path.read_bytes()
+        if source.path is None:
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            size = source.path.stat().st_size
+            if size > limit:
+                raise SizeLimitExceeded(f"{size} bytes, more than any envelope ({limit})")
+            with source.path.open("rb") as handle:
+                data = handle.read(limit + 1)
     except OSError as exc:
         raise SourceError(f"cannot read file: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise SizeLimitExceeded(f"more than {limit} bytes, more than any envelope")
+    return data
 
 
 def read(context: Context, source: Source) -> bytes:
@@ -118,6 +131,13 @@ def read_header(context: Context, source: Source) -> tuple[bytes, int]:
 
     S3 objects are read with ranged GETs (``ops.scan.read_head``, as ``scan`` reads them), so
     that inspecting a bucket of large results does not download them."""
+    if source.path is not None:  # a file: its header only, whatever its size
+        try:
+            with source.path.open("rb") as handle:
+                head = handle.read(PREAMBLE_SIZE + MAX_HEADER_SIZE)
+                return head, os.fstat(handle.fileno()).st_size
+        except OSError as exc:
+            raise SourceError(f"cannot read file: {exc.strerror or exc}") from None
     if not source.is_s3:
         data = read_local(source)
         return data, len(data)
@@ -129,10 +149,10 @@ def read_header(context: Context, source: Source) -> tuple[bytes, int]:
         size = source.size
         if size is None:
             size = _object_size(context, source.bucket, source.key)
-        head = read_head(store, source.key, size)
-    if head is None:
+        found = read_head(store, source.key, size)
+    if found is None:
         raise SourceError("no such object")
-    return head, size
+    return found, size
 
 
 def expand(context: Context, prefix: Prefix) -> Iterator[Source]:

@@ -169,8 +169,10 @@ class Context:
         store = self._stores.get(bucket)
         if store is not None:
             return store
+        from ..pipeline import DEFAULT_MAX_SIZE, largest_envelope
         from ..store import S3Store
 
+        bound = largest_envelope(DEFAULT_MAX_SIZE)  # what the commands' pipeline opens
         overridden = self.options.endpoint_url is not None or self.options.region is not None
         if self.app is not None and not overridden:
             backend = self.backend()
@@ -184,10 +186,14 @@ class Context:
                     region=conf.get("s3_region"),
                     access_key_id=conf.get("s3_access_key_id"),
                     secret_access_key=conf.get("s3_secret_access_key"),
+                    max_object_size=bound,
                 )
         else:
             store = S3Store(
-                bucket, endpoint_url=self.options.endpoint_url, region=self.options.region
+                bucket,
+                endpoint_url=self.options.endpoint_url,
+                region=self.options.region,
+                max_object_size=bound,
             )
         self._stores[bucket] = store
         return store

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
+from ..errors import EnvelopeError
 from ..store import NOT_HONOURED, Fetched, S3Store, is_missing_key, is_write_conflict
 from .sweep import ObjectResult, Outcome, describe_error
 
@@ -15,7 +16,7 @@ def fetch_for_rewrite(store: S3Store, key: str) -> Fetched | ObjectResult:
     deleted since it was listed."""
     try:
         got = store.fetch(key)
-    except ClientError as exc:
+    except (ClientError, EnvelopeError) as exc:  # EnvelopeError: too large to read
         return ObjectResult(key, Outcome.FAILED, reason=f"read failed: {describe_error(exc)}")
     if got is None:
         return ObjectResult(key, Outcome.CHANGED, reason="deleted meanwhile")

@@ -240,7 +240,7 @@ def verify_object(
     """Open the whole object with the keyring, bound to the key it was read from."""
     try:
         data = store.get(info.key)
-    except ClientError as exc:
+    except (ClientError, EnvelopeError) as exc:  # EnvelopeError: too large to read
         return ObjectResult(info.key, Outcome.FAILED, reason=f"read failed: {describe_error(exc)}")
     if data is None:
         return ObjectResult(info.key, Outcome.CHANGED, reason="deleted meanwhile")
