@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +25,8 @@ from support.keys import two_keyrings
 from support.s3 import S3Endpoint
 
 BASE = "results/"
+SWITCHED = datetime.now(UTC) + timedelta(days=1)
+"""migrate's cutoff: the deployment switched after every stock result these tests write."""
 
 
 @dataclass
@@ -170,7 +173,7 @@ def test_scan_counts_each_kind_then_migrate_leaves_no_plaintext(
         return got
 
     store.fetch = get_then_worker_writes  # type: ignore[method-assign]
-    report = Migration(store, both, prefix=BASE, workers=8).run()
+    report = Migration(store, both, cutoff=SWITCHED, prefix=BASE, workers=8).run()
     store.fetch = original_get  # type: ignore[method-assign]
 
     assert report.ok, report.failures
@@ -247,7 +250,7 @@ def test_migrate_dry_run_writes_nothing(
     store: S3Store, mixed_bucket: dict[str, Any], keyrings: tuple[cse.Keyring, cse.Keyring]
 ) -> None:
     before = {info.key: info.etag for info in store.list(BASE)}
-    report = Migration(store, keyrings[1], prefix=BASE, dry_run=True).run()
+    report = Migration(store, keyrings[1], cutoff=SWITCHED, prefix=BASE, dry_run=True).run()
     assert report.counts[Outcome.SEALED] == 30
     assert {info.key: info.etag for info in store.list(BASE)} == before
 
@@ -273,7 +276,7 @@ def test_migrate_seals_only_celery_result_keys_and_leaves_other_files_byte_ident
     store.put(prefixed, b'{"status": "SUCCESS", "result": 2}')
     etags = {info.key: info.etag for info in store.list(BASE)}
 
-    report = Migration(store, keyrings[1], prefix=BASE).run()
+    report = Migration(store, keyrings[1], cutoff=SWITCHED, prefix=BASE).run()
 
     assert report.ok, report.failures
     assert report.counts[Outcome.SEALED] == 2 and report.counts[Outcome.FOREIGN] == 2

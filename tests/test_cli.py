@@ -317,6 +317,25 @@ def test_decode_out_writes_one_private_file_per_source(
     assert f"{sealed_file} -> {out / 'result.bin.json'}" in result.stdout
 
 
+def test_decode_out_replaces_a_planted_symlink_without_following_it(
+    tmp_path: Path, sealed_file: Path, keyring_file: Path
+) -> None:
+    """The output file is written to a new private file and renamed into place: a symlink
+    planted at its name is replaced, and the file it points to is never written."""
+    out = tmp_path / "decoded"
+    out.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    (out / "result.bin.json").symlink_to(victim)
+    result = run("decode", sealed_file, "--out", out, "--keyring", keyring_file)
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "untouched"
+    written = out / "result.bin.json"
+    assert not written.is_symlink() and json.loads(written.read_text()) == RESULT
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert sorted(p.name for p in out.iterdir()) == ["result.bin.json"]  # no temporary left
+
+
 def test_decode_out_raw(tmp_path: Path, sealed_file: Path, keyring_file: Path) -> None:
     out = tmp_path / "raw"
     result = run("decode", "--raw", sealed_file, "--out", out, "--keyring", keyring_file)

@@ -88,7 +88,7 @@ def test_scan_exits_2_on_plaintext_and_migrate_fixes_it(
     assert found.exit_code == 2
     assert plain in found.stderr and "left by the stock backend" not in found.output
 
-    migrated = run("migrate", "--keyring", keyring_file, "--json", *s3_args)
+    migrated = run("migrate", "--keyring", keyring_file, "--cutoff", "now", "--json", *s3_args)
     assert migrated.exit_code == 0, migrated.output
     assert json.loads(migrated.stdout)["sealed"] == 1
 
@@ -149,7 +149,9 @@ def test_celery_subcommand_calls_kms_with_the_apps_settings(
     rotated = run("rotate", "--keyring", path, "--workers", "1", "--json", app=app)
     assert rotated.exit_code == 0, rotated.output
     assert json.loads(rotated.stdout)["rewrapped"] == 4
-    migrated = run("migrate", "--keyring", path, "--workers", "1", "--json", app=app)
+    migrated = run(
+        "migrate", "--keyring", path, "--cutoff", "now", "--workers", "1", "--json", app=app
+    )
     assert migrated.exit_code == 0, migrated.output
     assert json.loads(migrated.stdout)["sealed"] == 1
 

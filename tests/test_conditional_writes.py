@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.exceptions import ClientError
@@ -22,6 +23,9 @@ from celery_s3_envelope.store import NOT_HONOURED, S3Store
 from support.s3 import S3Endpoint, fresh_bucket, server_answers
 
 PREFIX = "results/"
+
+SWITCHED = datetime.now(UTC) + timedelta(days=1)
+"""migrate's cutoff: the deployment switched after every stock result these tests write."""
 
 
 def sealed(store: S3Store, keyring: cse.Keyring, count: int) -> list[str]:
@@ -66,7 +70,7 @@ def test_migrate_reports_a_refused_unchanged_object_as_failed(
     key = f"{PREFIX}celery-task-meta-stock"
     store.put(key, b'{"status": "SUCCESS", "result": 1}')
     with server_answers(store.client, "PutObject", 412, "PreconditionFailed"):
-        report = Migration(store, keyring, prefix=PREFIX, workers=1).run()
+        report = Migration(store, keyring, cutoff=SWITCHED, prefix=PREFIX, workers=1).run()
     assert report.failures == [(key, NOT_HONOURED)] and report.counts["changed"] == 0
     assert store.get(key) == b'{"status": "SUCCESS", "result": 1}'
 

@@ -153,7 +153,8 @@ def inline_app(make_app: Callable[..., Celery], store: S3Store, **conf: Any) -> 
 
 
 @pytest.mark.parametrize(
-    ("command", "counted"), [(["migrate"], "current"), (["scan", "--verify"], "verified")]
+    ("command", "counted"),
+    [(["migrate", "--cutoff", "now"], "current"), (["scan", "--verify"], "verified")],
 )
 def test_migrate_and_scan_verify_run_distributed_from_the_command_line(
     store: S3Store,

@@ -109,6 +109,8 @@ class Fetched:
     etag: str
     tag_count: int
     put_args: dict[str, Any]
+    last_modified: datetime | None = None
+    """When the version read was written (the server's clock): what ``migrate`` judges by."""
 
 
 _stores: weakref.WeakSet[S3Store] = weakref.WeakSet()
@@ -235,7 +237,13 @@ class S3Store:
             kept = {name: response[name] for name in KEPT_ON_REWRITE if response.get(name)}  # type: ignore[literal-required]
             if kept.get("StorageClass") == "STANDARD":
                 del kept["StorageClass"]
-            return Fetched(data, response["ETag"], int(response.get("TagCount") or 0), kept)
+            return Fetched(
+                data,
+                response["ETag"],
+                int(response.get("TagCount") or 0),
+                kept,
+                response.get("LastModified"),
+            )
         finally:
             body.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,25 @@ from .options import (
     workers_option,
 )
 from .reports import interrupted, print_scan, print_sweep, with_progress
+
+
+class Moment(click.ParamType):  # type: ignore[type-arg]
+    """A point in time: ISO 8601 (UTC when it names no zone), or ``now``."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        if str(value).strip().lower() == "now":
+            return datetime.now(UTC)
+        try:
+            moment = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(
+                f"{value!r} is not ISO 8601 (e.g. 2026-11-30T18:00:00Z) nor 'now'", param, ctx
+            )
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _target(ctx: click.Context, options: dict[str, Any]) -> tuple[Context, Prefix]:
@@ -130,12 +150,20 @@ def rotate(
 @click.command(
     epilog="""\b
 Examples:
-  celery-s3-envelope migrate --bucket my-results --prefix celery/ --keyring keys.json --dry-run
-  celery -A proj envelope migrate
+  celery-s3-envelope migrate --bucket my-results --prefix celery/ --keyring keys.json \\
+      --cutoff 2026-11-30T18:00:00Z --dry-run
+  celery -A proj envelope migrate --cutoff now
 See docs/migration.md for switching from Celery's S3 backend with no downtime."""
 )
 @keyring_option
 @workers_option
+@click.option(
+    "--cutoff",
+    type=Moment(),
+    metavar="TIME",
+    help="When the last worker with Celery's S3 backend stopped (ISO 8601, UTC unless given; "
+    "'now'): only plaintext written before it is sealed, newer plaintext is reported.",
+)
 @click.option("--dry-run", is_flag=True, help="Read and count; write nothing.")
 @click.option("--limit", type=click.IntRange(0), help="Stop after this many objects.")
 @click.option("--resume-from", metavar="KEY", help="Start after this key (a report's last key).")
@@ -148,6 +176,7 @@ def migrate(
     /,
     keyring_path: Path | None,
     workers: int,
+    cutoff: datetime | None,
     dry_run: bool,
     limit: int | None,
     resume_from: str | None,
@@ -155,23 +184,38 @@ def migrate(
     as_json: bool,
     **options: str | None,
 ) -> None:
-    """Seal in place every plaintext result the stock S3 backend left under the prefix.
+    """Seal in place every plaintext result the stock S3 backend left under the prefix, if it
+    was written before --cutoff; plaintext written later is reported as suspicious (exit 1).
 
     Written with If-Match on the ETag read: a result a live worker stored meanwhile is kept."""
     from ..ops.migrate import Migration
 
+    resuming = distributed is not None and distributed.resume_run
+    if cutoff is None and not resuming:
+        raise click.UsageError(
+            "migrate needs --cutoff TIME: when the last worker with Celery's S3 backend stopped "
+            "(plaintext written after it is not sealed; docs/migration.md)"
+        )
     context, target = _target(ctx, options)
     with settings_errors():
         keyring = context.keyring_for(target, keyring_path)
     if distributed is not None:
-        run_options = {"workers": workers, "dry_run": dry_run}
+        run_options: dict[str, Any] = {"workers": workers, "dry_run": dry_run}
+        if cutoff is not None:
+            run_options["cutoff"] = cutoff.isoformat()
         distributed.run(context, target, "migrate", keyring, run_options, as_json=as_json)
         return
-    store = context.store(target.bucket)
+    assert cutoff is not None
     sweep = Migration(
-        store, keyring, dry_run=dry_run, prefix=target.prefix, workers=workers, limit=limit,
+        context.store(target.bucket),
+        keyring,
+        cutoff=cutoff,
+        dry_run=dry_run,
+        prefix=target.prefix,
+        workers=workers,
+        limit=limit,
         resume_from=resume_from,
-    )  # fmt: skip
+    )
     _sweep_command(sweep, target, as_json)
 
 

@@ -2,11 +2,14 @@
 
 Each Celery result key is read with its ETag, classified like ``scan`` does, sealed under the
 active KEK and written back with If-Match (``rewrite``): a result a live worker stored meanwhile
-is kept. Anything that is not a Celery result key is counted *foreign* and never read.
+is kept. Only plaintext written before the cutoff (the moment the deployment switched) is sealed;
+newer plaintext is reported *suspicious*. Anything that is not a Celery result key is counted
+*foreign* and never read.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -28,6 +31,7 @@ MIGRATE_OUTCOMES = (
     Outcome.CURRENT,
     Outcome.CHANGED,
     Outcome.FOREIGN,
+    Outcome.SUSPICIOUS,
     Outcome.FAILED,
 )
 
@@ -38,10 +42,18 @@ def migrate_object(
     pipeline: Pipeline,
     info: ObjectInfo,
     *,
+    cutoff: datetime,
     dry_run: bool = False,
 ) -> ObjectResult:
     """Seal one plaintext Celery result in place under the active KEK, with ``If-Match`` on its
-    ETag.
+    ETag, when it was written before ``cutoff``.
+
+    ``cutoff`` is the moment the deployment switched: the last worker with Celery's own S3
+    backend stopped writing. Plaintext written at or after it cannot be a result of the stock
+    backend; it is what a bucket writer would plant for ``migrate`` to seal (a forgery, or a
+    sealed result replaced by plaintext), so it is reported *suspicious* and left as it is.
+    The time judged is the server's LastModified of the very version read and then overwritten
+    (If-Match on its ETag), so a write between listing and reading cannot slip through.
 
     Only keys Celery writes results under are considered: anything else under the prefix (a
     README, a JSON config, another application's files) is counted *foreign* without being
@@ -61,6 +73,13 @@ def migrate_object(
         return ObjectResult(key, Outcome.CURRENT, header.kek_id if header else None)
     if state is State.FOREIGN:
         return ObjectResult(key, Outcome.FOREIGN, reason=reason)
+    written = got.last_modified or info.last_modified
+    if written >= cutoff:
+        reason = (
+            f"plaintext written {written.isoformat()}, after the cutoff {cutoff.isoformat()}: "
+            "not sealed (docs/migration.md)"
+        )
+        return ObjectResult(key, Outcome.SUSPICIOUS, reason=reason)
     value: str | bytes
     try:
         value = data.decode("utf-8")
@@ -87,10 +106,14 @@ class Migration(Sweep[ObjectResult, SweepReport]):
         store: S3Store,
         keyring: Keyring,
         *,
+        cutoff: datetime,
         dry_run: bool = False,
         pipeline: Pipeline | None = None,
         **sweep_options: Any,
     ) -> None:
-        step = partial(migrate_object, store, keyring, pipeline or Pipeline(), dry_run=dry_run)
+        if cutoff.tzinfo is None:
+            raise ValueError("the cutoff needs a time zone")
+        codec = pipeline or Pipeline()
+        step = partial(migrate_object, store, keyring, codec, cutoff=cutoff, dry_run=dry_run)
         report = SweepReport("migrate", MIGRATE_OUTCOMES, keyring.active.id, dry_run=dry_run)
         super().__init__(store, step, report, **sweep_options)

@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -66,7 +67,10 @@ def build_sweep(
             **sweep,
         )
     if operation == "migrate":
-        return Migration(store, keyring, dry_run=bool(options.get("dry_run")), **sweep)
+        cutoff = datetime.fromisoformat(str(options["cutoff"]))
+        return Migration(
+            store, keyring, cutoff=cutoff, dry_run=bool(options.get("dry_run")), **sweep
+        )
     if operation == "verify":
         step = partial(verify_object, store, keyring, Pipeline())
         return Sweep(store, step, SweepReport("verify", VERIFY_OUTCOMES), **sweep)

@@ -43,6 +43,7 @@ class Outcome(StrEnum):
     PLAINTEXT = "plaintext"  # not an envelope (e.g. the stock backend's results): untouched
     FOREIGN = "foreign"  # neither an envelope nor a Celery result: untouched
     FAILED = "failed"  # could not be opened or written: listed with the reason
+    SUSPICIOUS = "suspicious"  # migrate: plaintext newer than the cutoff, not sealed: listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +77,12 @@ class SweepReport:
             Outcome.VERIFIED,
         ):
             self.by_kek[result.kek_id] += 1
-        if result.outcome is Outcome.FAILED:
+        if result.outcome in (Outcome.FAILED, Outcome.SUSPICIOUS):
             self.failures.append((result.key, result.reason))
 
     @property
     def ok(self) -> bool:
-        return not self.counts[Outcome.FAILED.value]
+        return not (self.counts[Outcome.FAILED.value] or self.counts[Outcome.SUSPICIOUS.value])
 
     @property
     def rate(self) -> float:
