@@ -206,7 +206,7 @@ def test_decode_with_the_wrong_keyring(
     assert_one_clean_error(
         run("decode", sealed_file, "--keyring", other_id),
         str(sealed_file),
-        "KEK 'k1' is not in the keyring",
+        "KEK 'k1' is not in this keyring (it holds 'k9')",
     )
 
 

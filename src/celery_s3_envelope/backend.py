@@ -29,7 +29,7 @@ from celery.utils.log import get_logger  # type: ignore[import-untyped]
 from kombu.exceptions import KombuError
 
 from .envelope import is_envelope
-from .errors import EnvelopeError, NotAnEnvelope
+from .errors import EnvelopeError, NotAnEnvelope, UnknownKey
 from .keyring import Keyring
 from .kms import KmsError
 from .lifecycle import EXPIRY_TAG  # written when result_failure_expires is set
@@ -201,9 +201,20 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         return self.pipeline.seal(data, key=object_key, keyring=self.keyring, compress=compress)
 
     def _open(self, object_key: str, data: bytes) -> str | bytes:
-        """The sealed value; a legacy plaintext object only in migration mode."""
+        """The sealed value; a legacy plaintext object only in migration mode. A result under a
+        KEK this process lacks is logged with that id and the keyring's (never key material):
+        Celery's own log shows only the exception's type (``envelope_redact``)."""
         if is_envelope(data):
-            return self.pipeline.unseal(data, keyring=self.keyring, key=object_key)
+            try:
+                return self.pipeline.unseal(data, keyring=self.keyring, key=object_key)
+            except UnknownKey as exc:
+                logger.error(
+                    "result %r is sealed under KEK %r, which this process cannot use: %s",
+                    object_key,
+                    exc.kek_id,
+                    exc,
+                )
+                raise
         if not self.allow_plaintext:
             raise NotAnEnvelope(
                 f"object {object_key!r} is not an envelope (a plaintext result, e.g. written by "

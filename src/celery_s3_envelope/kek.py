@@ -40,6 +40,9 @@ class KeyEntry(ABC):
     """One KEK: an id, a state, a creation time, and a way to wrap and unwrap DEKs."""
 
     method: WrapMethod
+    active_from: datetime | None = None
+    """A ``decrypt`` key staged to become the sealing key at this moment (``Keyring.active``):
+    every process that loaded the keyring switches then, none needs restarting."""
 
     def __init__(self, kek_id: str, state: KeyState, created: datetime) -> None:
         if not kek_id or len(kek_id.encode("utf-8")) > 255:
@@ -65,12 +68,22 @@ class KeyEntry(ABC):
     def to_dict(self) -> dict[str, Any]:
         """The entry as stored in a keyring file (key material included)."""
 
+    def scheduled(self, moment: datetime | None) -> KeyEntry:
+        """A copy staged to become the sealing key at ``moment`` (None: not staged)."""
+        entry = self.with_state(self.state)
+        entry.active_from = moment
+        return entry
+
     def describe(self) -> dict[str, str]:
         """What may be shown to a person: never key material."""
-        return {"id": self.id, "state": str(self.state), "created": format_time(self.created)}
+        described = {"id": self.id, "state": str(self.state), "created": format_time(self.created)}
+        if self.active_from is not None:
+            described["active_from"] = format_time(self.active_from)
+        return described
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(id={self.id!r}, state={self.state.value!r})"
+        staged = f", active_from={format_time(self.active_from)!r}" if self.active_from else ""
+        return f"{type(self).__name__}(id={self.id!r}, state={self.state.value!r}{staged})"
 
 
 class LocalKey(KeyEntry):

@@ -16,6 +16,7 @@ import binascii
 import json
 import os
 import stat
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from typing import Any
 
 from .envelope import WrapMethod
 from .errors import KeyringError, RetiredKey, UnknownKey
-from .kek import KEY_SIZE, KeyEntry, KeyState, LocalKey
+from .kek import KEY_SIZE, KeyEntry, KeyState, LocalKey, format_time
 from .kms import KmsKey, KmsProvider
 from .private_file import write_private
 
@@ -36,13 +37,13 @@ class InsecureKeyringWarning(UserWarning):
     """A keyring file others can read, or a keyring holding the published example keys."""
 
 
-def _parse_time(value: object, kek_id: str) -> datetime:
+def _parse_time(value: object, kek_id: str, field: str = "created") -> datetime:
     if not isinstance(value, str):
-        raise KeyringError(f"key {kek_id!r}: 'created' must be an ISO 8601 timestamp")
+        raise KeyringError(f"key {kek_id!r}: {field!r} must be an ISO 8601 timestamp")
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise KeyringError(f"key {kek_id!r}: 'created' is not an ISO 8601 timestamp") from None
+        raise KeyringError(f"key {kek_id!r}: {field!r} is not an ISO 8601 timestamp") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -59,6 +60,15 @@ def _entry_from_dict(raw: object) -> KeyEntry:
             f"key {kek_id!r}: 'state' must be one of {', '.join(s.value for s in KeyState)}"
         ) from None
     created = _parse_time(raw.get("created"), kek_id)
+    entry = _key_from_dict(raw, kek_id, state, created)
+    if raw.get("active_from") is not None:
+        entry = entry.scheduled(_parse_time(raw["active_from"], kek_id, "active_from"))
+    return entry
+
+
+def _key_from_dict(
+    raw: Mapping[str, Any], kek_id: str, state: KeyState, created: datetime
+) -> KeyEntry:
     if "key" in raw:
         material = raw["key"]
         if not isinstance(material, str):
@@ -77,7 +87,11 @@ def _entry_from_dict(raw: object) -> KeyEntry:
 
 
 class Keyring:
-    """An immutable set of KEKs with exactly one active; edits return a new keyring."""
+    """An immutable set of KEKs with exactly one active; edits return a new keyring.
+
+    A ``decrypt`` key may be *staged* (``active_from``): it opens results at once, and becomes the
+    sealing key at that moment in every process that loaded the keyring, so a rolling deploy
+    never has one process sealing under a key another process lacks (docs/rotation.md)."""
 
     def __init__(self, entries: Iterable[KeyEntry]) -> None:
         self._entries: dict[str, KeyEntry] = {}
@@ -91,6 +105,14 @@ class Keyring:
                 f"a keyring needs exactly one active key, this one has {len(active)}"
             )
         self._active = active[0]
+        staged = [e for e in self._entries.values() if e.active_from is not None]
+        for entry in staged:
+            if entry.state is not KeyState.DECRYPT:
+                raise KeyringError(f"key {entry.id!r}: only a 'decrypt' key can be staged")
+        self._staged = sorted(
+            ((entry.active_from.timestamp(), entry) for entry in staged if entry.active_from),
+            key=lambda pair: pair[0],
+        )
         if any(isinstance(e, LocalKey) and e.is_example for e in self._entries.values()):
             warnings.warn(
                 "this keyring holds the published example keys from keys.example: "
@@ -174,14 +196,34 @@ class Keyring:
     # -- lookup -------------------------------------------------------------------------------
     @property
     def active(self) -> KeyEntry:
+        """The key that seals now: the latest staged key whose time has come, else the one in
+        state ``active``."""
+        if self._staged:
+            now = time.time()
+            for moment, entry in reversed(self._staged):
+                if moment <= now:
+                    return entry
         return self._active
+
+    def settled(self) -> Keyring:
+        """The same keyring with the key that seals now in state ``active`` and its stage
+        cleared (what ``keys`` writes back after a staged key's time has come)."""
+        current = self.active
+        if current is self._active:
+            return self
+        return self.with_state(current.id, KeyState.ACTIVE)
 
     def get(self, kek_id: str) -> KeyEntry:
         """The entry named ``kek_id`` in any state; ``UnknownKey`` when absent."""
         try:
             return self._entries[kek_id]
         except KeyError:
-            raise UnknownKey(f"KEK {kek_id!r} is not in the keyring", kek_id) from None
+            held = ", ".join(repr(held_id) for held_id in self._entries)
+            raise UnknownKey(
+                f"KEK {kek_id!r} is not in this keyring (it holds {held}): deploy the keyring "
+                "that has it to this process and restart it (docs/rotation.md)",
+                kek_id,
+            ) from None
 
     def for_unwrap(self, kek_id: str) -> KeyEntry:
         """The entry that opens envelopes: absent -> ``UnknownKey``, retired -> ``RetiredKey``."""
@@ -211,6 +253,11 @@ class Keyring:
             entries = [_demoted(e) for e in entries]
         return Keyring(target.with_state(state) if e.id == kek_id else e for e in entries)
 
+    def with_staged(self, kek_id: str, moment: datetime | None) -> Keyring:
+        """A keyring with ``kek_id`` (a ``decrypt`` key) staged to seal from ``moment``."""
+        target = self.get(kek_id)
+        return Keyring(target.scheduled(moment) if e.id == kek_id else e for e in self)
+
     @property
     def uses_kms(self) -> bool:
         """True when any entry is an AWS KMS key (the backend then configures their client)."""
@@ -233,9 +280,14 @@ class Keyring:
         return kek_id in self._entries
 
     def __repr__(self) -> str:
-        keys = ", ".join(f"{e.id}:{e.state.value}" for e in self._entries.values())
-        return f"Keyring(active={self._active.id!r}, keys=[{keys}])"
+        keys = ", ".join(
+            f"{e.id}:{e.state.value}" + (f"@{format_time(e.active_from)}" if e.active_from else "")
+            for e in self._entries.values()
+        )
+        return f"Keyring(active={self.active.id!r}, keys=[{keys}])"
 
 
 def _demoted(entry: KeyEntry) -> KeyEntry:
+    """The old active key, now opening only; a staged key that did not become active stays
+    staged."""
     return entry.with_state(KeyState.DECRYPT) if entry.state is KeyState.ACTIVE else entry

@@ -313,7 +313,9 @@ class KmsKey(KeyEntry):
         return KmsKey(self.id, self.kms_key_id, state, self.created, provider=self._provider)
 
     def with_provider(self, provider: KmsProvider) -> KmsKey:
-        return KmsKey(self.id, self.kms_key_id, self.state, self.created, provider=provider)
+        entry = KmsKey(self.id, self.kms_key_id, self.state, self.created, provider=provider)
+        entry.active_from = self.active_from
+        return entry
 
     def to_dict(self) -> dict[str, Any]:
         entry: dict[str, Any] = self.describe()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..ops.context import Context, Prefix
 from ..ops.sweep import Sweep, SweepReport
 from .distributed import Distributed, distributed_options
 from .options import (
+    Moment,
     context_of,
     json_option,
     keyring_option,
@@ -34,25 +35,6 @@ from .options import (
     workers_option,
 )
 from .reports import interrupted, print_scan, print_sweep, with_progress
-
-
-class Moment(click.ParamType):  # type: ignore[type-arg]
-    """A point in time: ISO 8601 (UTC when it names no zone), or ``now``."""
-
-    name = "time"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, datetime):
-            return value
-        if str(value).strip().lower() == "now":
-            return datetime.now(UTC)
-        try:
-            moment = datetime.fromisoformat(str(value))
-        except ValueError:
-            self.fail(
-                f"{value!r} is not ISO 8601 (e.g. 2026-11-30T18:00:00Z) nor 'now'", param, ctx
-            )
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _target(ctx: click.Context, options: dict[str, Any]) -> tuple[Context, Prefix]:

@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 
 import click
 
 from ..errors import KeyringError
-from ..kek import KEY_SIZE, KeyState, LocalKey
+from ..kek import KEY_SIZE, KeyState, LocalKey, format_time
 from ..keyring import Keyring
 from ..ops.context import load_keyring_file
 from ..private_file import write_private
-from .options import CONTEXT_SETTINGS, warn
+from .options import CONTEXT_SETTINGS, Moment, warn
 from .terminal import safe
 
 _NUMBERED = re.compile(r"k(\d+)")
@@ -35,9 +36,10 @@ def next_key_id(keyring: Keyring) -> str:
 
 
 def _load(path: Path) -> Keyring:
-    """Load for editing; the keyring's own warnings (file mode) become one-line notes."""
+    """Load for editing, settled (a staged key whose time has come is written back as the
+    active key); the keyring's own warnings (file mode) become one-line notes."""
     try:
-        return load_keyring_file(path, warn)
+        return load_keyring_file(path, warn).settled()
     except KeyringError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -68,16 +70,23 @@ keyring_path = click.argument(
 
 @click.group(context_settings=CONTEXT_SETTINGS)
 def keys() -> None:
-    """Create and edit keyring files (never prints key material).
+    """Create and edit keyring files (never prints key material). Every edit is atomic and keeps
+    the previous file as PATH.bak.
 
-    Rotation: `keys add PATH` (new key, opens only), deploy PATH everywhere, `keys activate PATH
-    ID` (new results use it), re-wrap old results, then `keys retire PATH OLD`. Every edit is
-    atomic and keeps the previous file as PATH.bak.
+    \b
+    The rotation runbook:
+    1. celery-s3-envelope keys add keys.json --activate-at +24h
+       (a new key: opens results at once, seals new ones from that time on, in every process)
+    2. Deploy keys.json to every worker and reader before that time, restarting each.
+    3. After that time: celery -A proj envelope rotate
+    4. celery -A proj envelope rotate --dry-run: it must report 0 rewrapped and 0 failed.
+    5. celery-s3-envelope keys retire keys.json OLD_ID
+    6. Destroy OLD_ID in every copy of the keyring and its backups (crypto-shredding).
 
     \b
     Examples:
       celery-s3-envelope keys generate --out keys.json
-      celery-s3-envelope keys add keys.json --activate
+      celery-s3-envelope keys add keys.json --activate-at 2026-12-02T00:00:00Z
       celery-s3-envelope keys list keys.json
     """
 
@@ -121,52 +130,89 @@ def generate(path: Path, kek_id: str) -> None:
 @keys.command(context_settings=CONTEXT_SETTINGS)
 @keyring_path
 @click.option("--id", "kek_id", help="Id of the new key (default: the next free kN).")
-@click.option("--activate", is_flag=True, help="Make it the active key (the old one opens only).")
-def add(path: Path, kek_id: str | None, activate: bool) -> None:
+@click.option(
+    "--activate-at",
+    "activate_at",
+    type=Moment(),
+    metavar="TIME",
+    help="Seal new results with it from TIME on, in every process that has this keyring "
+    "(ISO 8601, UTC unless given, or +N[smhd] from now). Deploy the file everywhere before then.",
+)
+@click.option(
+    "--activate",
+    is_flag=True,
+    help="Seal with it at once (only where every process already has it: see --activate-at).",
+)
+def add(path: Path, kek_id: str | None, activate_at: datetime | None, activate: bool) -> None:
     """Add a new random key to the keyring at PATH.
 
-    Without --activate the new key only opens results ('decrypt'): deploy the keyring to every
-    worker and reader first, then `keys activate`, so no reader meets a key it lacks. With
-    --activate new results are sealed with it at once; the old active key stays for reading.
+    Without an option the new key only opens results ('decrypt'). With --activate-at TIME it
+    also becomes the sealing key at TIME, in every process that loaded this keyring, none
+    restarted: deploy the file to every worker and reader before TIME, and no process ever meets
+    a key it lacks (the runbook: `keys --help`). --activate switches at once, which is safe only
+    when every process already has the new key.
 
     \b
     Examples:
+      celery-s3-envelope keys add keys.json --activate-at +24h
+      celery-s3-envelope keys add keys.json --id 2026-q1 --activate-at 2026-01-01T00:00:00Z
       celery-s3-envelope keys add keys.json
-      celery-s3-envelope keys add keys.json --id 2025-q3 --activate
     """
+    if activate and activate_at is not None:
+        raise click.UsageError("--activate and --activate-at do not go together")
     keyring = _load(path)
     kek_id = kek_id or next_key_id(keyring)
     if kek_id in keyring:
-        raise click.ClickException(f"key {kek_id!r} is already in {path}")
+        raise click.ClickException(f"key {kek_id!r} is already in {safe(path)}")
     try:
-        entry = LocalKey(kek_id, os.urandom(KEY_SIZE), KeyState.DECRYPT)
+        entry = LocalKey(kek_id, os.urandom(KEY_SIZE), KeyState.DECRYPT).scheduled(activate_at)
         edited = keyring.with_entry(entry, activate=activate)
     except KeyringError as exc:
         raise click.ClickException(str(exc)) from None
     _save(path, edited)
-    click.echo(f"added key {kek_id} ({edited.get(kek_id).state}) to {path}")
+    added = edited.get(kek_id)
+    staged = f", active from {format_time(activate_at)}" if activate_at else ""
+    click.echo(f"added key {safe(kek_id)} ({added.state}{staged}) to {safe(path)}")
 
 
 @keys.command(context_settings=CONTEXT_SETTINGS)
 @keyring_path
 @click.argument("kek_id", metavar="ID")
-def activate(path: Path, kek_id: str) -> None:
+@click.option(
+    "--at",
+    "at",
+    type=Moment(),
+    metavar="TIME",
+    help="Stage it instead: it seals from TIME on in every process that has this keyring.",
+)
+def activate(path: Path, kek_id: str, at: datetime | None) -> None:
     """Make key ID the active key: new results are sealed with it.
 
-    The previously active key moves to 'decrypt' and keeps opening older results.
+    The previously active key moves to 'decrypt' and keeps opening older results. At once,
+    every process that loads this file seals with ID: do it only when all of them have ID, or
+    stage it with --at TIME and deploy the file before TIME (the runbook: `keys --help`).
 
     \b
-    Example:
+    Examples:
+      celery-s3-envelope keys activate keys.json k2 --at +24h
       celery-s3-envelope keys activate keys.json k2
     """
     keyring = _load(path)
     _require(keyring, kek_id, path)
     if keyring.active.id == kek_id:
-        click.echo(f"key {kek_id} is already active in {path}; nothing changed")
+        click.echo(f"key {safe(kek_id)} is already active in {safe(path)}; nothing changed")
+        return
+    if at is not None:
+        if keyring.get(kek_id).state is not KeyState.DECRYPT:
+            raise click.ClickException(f"key {safe(kek_id)} is retired: it cannot be staged")
+        _save(path, keyring.with_staged(kek_id, at))
+        click.echo(f"staged key {safe(kek_id)} in {safe(path)}: active from {format_time(at)}")
         return
     previous = keyring.active.id
     _save(path, keyring.with_state(kek_id, KeyState.ACTIVE))
-    click.echo(f"activated key {kek_id} in {path} (key {previous} now decrypts only)")
+    click.echo(
+        f"activated key {safe(kek_id)} in {safe(path)} (key {safe(previous)} now decrypts only)"
+    )
 
 
 @keys.command(context_settings=CONTEXT_SETTINGS)
@@ -214,12 +260,17 @@ def list_(path: Path, as_json: bool) -> None:
         return
     rows = [
         ("ID", "STATE", "CREATED"),
-        *((safe(d["id"]), d["state"], d["created"]) for d in described),
+        *((safe(d["id"]), _state(d), d["created"]) for d in described),
     ]
     width_id = max(len(row[0]) for row in rows)
     width_state = max(len(row[1]) for row in rows)
     for row in rows:
         click.echo(f"{row[0].ljust(width_id)}  {row[1].ljust(width_state)}  {row[2]}".rstrip())
+
+
+def _state(described: dict[str, str]) -> str:
+    staged = described.get("active_from")
+    return f"{described['state']} (active from {staged})" if staged else described["state"]
 
 
 def _require(keyring: Keyring, kek_id: str, path: Path) -> None:

@@ -3,8 +3,10 @@ operations' ``SettingsError`` into one line."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,6 +62,37 @@ def s3_options(command: F) -> F:
     ):
         command = option(command)
     return command
+
+
+_AHEAD = re.compile(r"\+(\d+)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Moment(click.ParamType):  # type: ignore[type-arg]
+    """A point in time: ISO 8601 (UTC when it names no zone), ``now``, or ``+N`` seconds,
+    minutes, hours or days from now (``+24h``)."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        if text.lower() == "now":
+            return datetime.now(UTC)
+        ahead = _AHEAD.fullmatch(text)
+        if ahead:
+            seconds = int(ahead.group(1)) * _UNIT_SECONDS[ahead.group(2)]
+            return datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=seconds)
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{value!r} is not a time: ISO 8601 (2026-12-02T00:00:00Z), now, or +N[smhd]",
+                param,
+                ctx,
+            )
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def warn(message: str) -> None:
