@@ -135,7 +135,7 @@ def test_decode_refuses_a_sparse_gigabyte_file_unread(tmp_path: Path, keyring_fi
     assert peak[0] < 2 * limit and peak[0] < 16 * MiB, peak  # nothing like the file was read
     with peak_memory() as peak:
         inspected = CliRunner().invoke(envelope, ["inspect", str(huge)])
-    assert inspected.exit_code == 1 and "not an envelope" in inspected.stderr
+    assert inspected.exit_code == 3 and "not an envelope" in inspected.stderr
     assert peak[0] < 2 * MiB, peak  # inspect reads the header's worth only
 
 

@@ -51,9 +51,10 @@ def error_lines(result: Result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.strip()]
 
 
-def assert_one_clean_error(result: Result, source: str, *reason_words: str) -> str:
-    """Exit 1, exactly one stderr line naming the source, no traceback, no plaintext."""
-    assert result.exit_code == 1, result.output
+def assert_one_clean_error(result: Result, source: str, *reason_words: str, status: int = 1) -> str:
+    """Exit ``status`` (1: a damaged envelope, 2: a usage error, 3: plaintext; docs/cli.md),
+    exactly one stderr line naming the source, no traceback, no plaintext."""
+    assert result.exit_code == status, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     lines = error_lines(result)
     assert len(lines) == 1, lines
@@ -105,7 +106,7 @@ def test_decode_raw_bytes_value(tmp_path: Path, keyring: Keyring, keyring_file: 
     raw = run("decode", "--raw", path, "--keyring", keyring_file)
     assert raw.exit_code == 0 and raw.stdout_bytes == value
     pretty = run("decode", path, "--keyring", keyring_file)  # binary to a terminal: refused
-    assert_one_clean_error(pretty, str(path), "binary value", "--raw")
+    assert_one_clean_error(pretty, str(path), "binary value", "--raw", status=2)
     as_json = run("decode", "--json", path, "--keyring", keyring_file)
     record = json.loads(as_json.stdout)
     assert record["value_type"] == "bytes" and base64.b64decode(record["value"]) == value
@@ -151,7 +152,7 @@ def test_decode_many_sources_keeps_going_past_failures(
     plaintext.write_text(json.dumps(RESULT))
     missing = tmp_path / "missing.bin"
     result = run("decode", sealed_file, plaintext, missing, sealed_file, "--keyring", keyring_file)
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # plaintext found outranks a missing file (2)
     assert result.stdout.count(f"==> {sealed_file} <==") == 2
     assert error_lines(result) == [
         f"Error: {plaintext}: not an envelope (no envelope magic: plaintext or another format)",
@@ -223,16 +224,22 @@ def test_decode_under_a_retired_key(
 
 
 @pytest.mark.parametrize(
-    "content",
-    [json.dumps(RESULT).encode(), b"", b"\xe5CS", b"\xe5CSE\x09\x00\x10" + b"\x00" * 40],
+    ("content", "status"),
+    [
+        (json.dumps(RESULT).encode(), 3),  # plaintext found
+        (b"", 3),
+        (b"\xe5CS", 3),
+        (b"\xe5CSE\x09\x00\x10" + b"\x00" * 40, 1),  # an envelope this release cannot read
+    ],
     ids=["celery-json", "empty", "short-magic", "future-version"],
 )
 def test_decode_of_what_is_not_an_envelope(
-    tmp_path: Path, keyring_file: Path, content: bytes
+    tmp_path: Path, keyring_file: Path, content: bytes, status: int
 ) -> None:
     path = tmp_path / "object"
     path.write_bytes(content)
-    assert_one_clean_error(run("decode", path, "--keyring", keyring_file), str(path))
+    result = run("decode", path, "--keyring", keyring_file)
+    assert_one_clean_error(result, str(path), status=status)
 
 
 def test_decode_needs_a_keyring(
@@ -240,7 +247,7 @@ def test_decode_needs_a_keyring(
 ) -> None:
     monkeypatch.delenv(DEFAULT_ENV_VAR, raising=False)
     result = run("decode", sealed_file)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a configuration error
     assert error_lines(result) == [
         f"Error: no keyring: pass --keyring PATH (or set {DEFAULT_ENV_VAR})"
     ]
@@ -254,7 +261,7 @@ def test_decode_with_an_unreadable_keyring(tmp_path: Path, sealed_file: Path) ->
     broken.write_text('{"version": 1, "keys": [{"id": "k1", "key": "c2VjcmV0IG1hdGVyaWFs"')
     broken.chmod(0o600)
     result = run("decode", sealed_file, "--keyring", broken)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     (line,) = error_lines(result)
     assert line.startswith("Error: keyring: ") and "c2VjcmV0" not in result.output
 
@@ -392,7 +399,7 @@ def test_inspect_flags_plaintext(tmp_path: Path, sealed_file: Path) -> None:
     legacy = tmp_path / "legacy.json"
     legacy.write_text(json.dumps(RESULT))
     result = run("inspect", "--json", sealed_file, legacy)
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # plaintext found
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["sealed"] for r in records] == [True, False]
     assert records[1]["source"] == str(legacy) and "not an envelope" in records[1]["error"]

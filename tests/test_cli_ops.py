@@ -79,13 +79,13 @@ def test_rotate_exit_status_and_one_line_per_failure(
     assert "Traceback" not in result.output and "secret payload" not in result.output
 
 
-def test_scan_exits_2_on_plaintext_and_migrate_fixes_it(
+def test_scan_exits_3_on_plaintext_and_migrate_fixes_it(
     store: S3Store, keyring_file: Path, s3_args: list[str]
 ) -> None:
     plain = f"{PREFIX}celery-task-meta-legacy"
     store.put(plain, b'{"status": "SUCCESS", "result": "left by the stock backend"}')
     found = run("scan", *s3_args)
-    assert found.exit_code == 2
+    assert found.exit_code == 3  # plaintext found (2 is for usage errors)
     assert plain in found.stderr and "left by the stock backend" not in found.output
 
     migrated = run("migrate", "--keyring", keyring_file, "--cutoff", "now", "--json", *s3_args)
@@ -104,7 +104,7 @@ def test_celery_subcommand_uses_the_apps_settings(
     app.backend.store_result("task-1", {"n": 1}, "SUCCESS")
     store.put(f"{PREFIX}celery-task-meta-old", b'{"status": "SUCCESS"}')
     scanned = run("scan", "--json", app=app)
-    assert scanned.exit_code == 2, scanned.output  # the legacy object is plaintext
+    assert scanned.exit_code == 3, scanned.output  # the legacy object is plaintext
     report = json.loads(scanned.stdout)
     assert (report["sealed"], report["plaintext"]) == (1, 1)
     rotated = run("rotate", "--json", app=app)

@@ -64,8 +64,9 @@ def run(*args: str | os.PathLike[str], app: Celery | None = None) -> Result:
     return invoke(envelope, *args, app=app)
 
 
-def only_error(result: Result) -> str:
-    assert result.exit_code == 1, result.output
+def only_error(result: Result, status: int = 1) -> str:
+    """Exit ``status`` (docs/cli.md's table), one stderr line, no traceback, no plaintext."""
+    assert result.exit_code == status, result.output
     lines = result.stderr.splitlines()
     assert len(lines) == 1, lines
     assert "Traceback" not in result.output and SECRET not in result.output
@@ -131,7 +132,7 @@ def test_s3_failures_are_one_line_each(
         keyring_file,
         *s3_args,
     )
-    assert result.exit_code == 1 and result.stdout == ""
+    assert result.exit_code == 4 and result.stdout == ""  # no such bucket: S3 failed, the highest
     lines = result.stderr.splitlines()
     assert lines[0] == f"Error: s3://{bucket}/nope: no such object"
     assert lines[1].endswith(": no such bucket")
@@ -147,7 +148,7 @@ def test_unreachable_endpoint(keyring_file: Path, monkeypatch: pytest.MonkeyPatc
     result = run(
         "inspect", "s3://bucket/key", "--endpoint-url", "http://127.0.0.1:9", "--region", "x"
     )
-    line = only_error(result)
+    line = only_error(result, status=4)
     assert line.startswith("Error: s3://bucket/key: S3 request failed: Could not connect")
 
 
@@ -161,7 +162,7 @@ def test_inspect_audits_a_prefix(
     store.put("elsewhere/not-listed", b"plaintext outside the prefix")
 
     result = run("inspect", "--json", f"s3://{bucket}/{BASE_PATH}", *s3_args)
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # plaintext found (and a moved envelope: 1, lower)
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["source"] for r in records] == [
         f"s3://{bucket}/{k}" for k in [*keys, BASE_PATH + "zz-legacy", moved]
@@ -213,18 +214,20 @@ def test_celery_mode_with_an_app_not_using_this_backend(keyring_file: Path) -> N
     other = Celery("other", set_as_current=False)
     other.conf.result_backend = "cache+memory://"
     result = run("inspect", app=other)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a configuration error
     (line,) = result.stderr.splitlines()
     assert line.startswith("Error: Celery app 'other': result backend unusable: ")
     decoded = run("decode", "s3://b/k", "--keyring", keyring_file, app=other)
-    assert only_error(decoded).startswith("Error: s3://b/k: Celery app 'other': result backend")
+    assert only_error(decoded, status=2).startswith(
+        "Error: s3://b/k: Celery app 'other': result backend"
+    )
 
 
 def test_no_credentials(bucket: str, keyring_file: Path, s3_endpoint: S3Endpoint) -> None:
     """conftest leaves no AWS credentials anywhere: boto3's chain finds none."""
     endpoint = ["--endpoint-url", s3_endpoint.endpoint_url, "--region", s3_endpoint.region]
     result = run("decode", f"s3://{bucket}/k", "--keyring", keyring_file, *endpoint)
-    assert only_error(result) == (
+    assert only_error(result, status=4) == (
         f"Error: s3://{bucket}/k: S3 request failed: Unable to locate credentials"
     )
 

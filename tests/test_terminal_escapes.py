@@ -89,7 +89,7 @@ def test_scan_rotate_and_inspect_of_a_bucket_escape_keys_and_ids(
     plain = "results/celery-task-meta-\u202eplain\x9b"
     store.put(plain, b'{"status": "SUCCESS"}')
     scanned = invoke(envelope, "scan", app=app)
-    assert scanned.exit_code == 2  # plaintext found
+    assert scanned.exit_code == 3  # plaintext found
     assert_safe(scanned)
     assert "\\x1b[2K" in scanned.stdout and "Plaintext: results/celery-task-meta-\\u202e" in (
         scanned.stderr

@@ -5,10 +5,11 @@ Each lists the bucket and prefix given by the options (or the Celery app's ``s3_
 ``s3_base_path``), shows a progress line with its rate on a terminal, and prints a report (text,
 or ``--json`` for scripts and audit evidence).
 
-Exit status: ``rotate`` / ``migrate``: 0 when nothing failed, 1 otherwise; ``scan``: 2 when any
-plaintext result was found (for cron / CI alerts), else 1 when an object could not be read or
-``--verify`` saw a failure, else 0.
-An interrupted run (Ctrl-C) prints what it did and the key to ``--resume-from``, and exits 130.
+Exit status (``status.Status``, the same table for every command): ``rotate`` / ``migrate`` 1
+when an object failed (or was suspicious); ``scan`` 3 when any plaintext result was found (for
+cron / CI alerts), else 1 when an object could not be read or ``--verify`` saw a failure; 2 when
+the prefix holds no object at all; 4 when S3 failed; 130 when interrupted (the report says where
+to resume).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from .options import (
     workers_option,
 )
 from .reports import interrupted, print_scan, print_sweep, with_progress
+from .status import Status
+from .terminal import safe
 
 
 def _target(ctx: click.Context, options: dict[str, Any]) -> tuple[Context, Prefix]:
@@ -55,10 +58,18 @@ def _sweep_command(sweep: Sweep[Any, SweepReport], target: Prefix, as_json: bool
         report: SweepReport = with_progress(sweep.report.operation, as_json, run)
     except KeyboardInterrupt:
         interrupted(sweep.report)
-        sys.exit(130)
+        sys.exit(Status.INTERRUPTED)
     print_sweep(report, target, as_json)
     if not report.ok:
-        sys.exit(1)
+        sys.exit(Status.DAMAGED)
+    if not report.counts["scanned"] and sweep.resume_from is None and sweep.limit != 0:
+        _nothing_under(target)
+
+
+def _nothing_under(target: Prefix) -> None:
+    """A prefix that holds no object: most likely mistyped, never a silent success."""
+    click.echo(f"Error: nothing under {safe(target.name)}: check the bucket and prefix", err=True)
+    sys.exit(Status.USAGE)
 
 
 # -- rotate -----------------------------------------------------------------------------------
@@ -267,12 +278,14 @@ def scan(
         )
     except KeyboardInterrupt:
         click.echo("\ninterrupted", err=True)
-        sys.exit(130)
+        sys.exit(Status.INTERRUPTED)
     print_scan(report, checked, target, as_json)
     if report.plaintext_found:
-        sys.exit(2)
+        sys.exit(Status.PLAINTEXT)
     if report.counts["unreadable"] or (checked is not None and not checked.ok):
-        sys.exit(1)
+        sys.exit(Status.DAMAGED)
+    if not report.counts["objects"]:
+        _nothing_under(target)
 
 
 # -- lifecycle --------------------------------------------------------------------------------

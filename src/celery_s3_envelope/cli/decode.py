@@ -1,7 +1,9 @@
 """``decode`` and ``inspect``: the values sealed in files or objects, and their headers.
 
-Exit status: 0 when every source was handled, 1 when any failed (one ``Error: SOURCE: reason``
-line on stderr each, never a traceback), 2 for usage errors.
+Each source that fails prints one ``Error: SOURCE: reason`` line on stderr (never a traceback) and
+the others carry on; the exit status is the highest the failures stand for (``status.Status``):
+3 for plaintext, 1 for a damaged envelope, 2 for a missing file or an empty prefix, 4 when S3 or
+KMS failed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..pipeline import inspect as inspect_header
 from ..private_file import write_private
 from .options import CONTEXT_SETTINGS, context_of, keyring_option, s3_options, settings_errors
 from .sources import Source, SourceError, aws_errors, read, read_header, sources_of
+from .status import Status
 from .terminal import json_text, safe, safe_text
 
 T = TypeVar("T")
@@ -44,17 +47,31 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
+def status_of(exc: Exception) -> Status:
+    """The exit status a failed source stands for (the table in ``status``)."""
+    if isinstance(exc, NotAnEnvelope):
+        return Status.PLAINTEXT
+    if isinstance(exc, SourceError):
+        return exc.status
+    if isinstance(exc, SettingsError):
+        return Status.USAGE
+    return Status.DAMAGED
+
+
 @dataclass
 class Failures:
     """Counts failed sources and reports each: one ``Error:`` line on stderr, and with
-    ``--json`` a record on stdout (``record`` holds its extra fields)."""
+    ``--json`` a record on stdout (``record`` holds its extra fields). ``status`` is the exit
+    status they add up to: the highest."""
 
     as_json: bool
     record: dict[str, Any] = field(default_factory=dict)
     count: int = 0
+    status: Status = Status.OK
 
     def __call__(self, name: str, exc: Exception) -> None:
         self.count += 1
+        self.status = max(self.status, status_of(exc))
         click.echo(f"Error: {safe(name)}: {safe(_reason(exc))}", err=True)
         if self.as_json:
             click.echo(json_text({"source": name, **self.record, "error": _reason(exc)}))
@@ -314,7 +331,7 @@ def decode(
                 fail(source.name, exc)
                 continue
             decoder.emit(decoded)
-    ctx.exit(1 if fail.count else 0)
+    ctx.exit(fail.status)
 
 
 # -- inspect ----------------------------------------------------------------------------------
@@ -373,7 +390,7 @@ def inspect(
         click.echo(HEADERS_ONLY, err=True)
     if sealed + fail.count > 1 and not as_json:
         click.echo(f"{sealed} sealed, {fail.count} failed", err=True)
-    ctx.exit(1 if fail.count else 0)
+    ctx.exit(fail.status)
 
 
 def _print_table(records: list[tuple[Source, dict[str, Any]]]) -> None:

@@ -17,6 +17,7 @@ import click
 from ..keyring import Keyring
 from ..ops.context import Context, Prefix
 from .reports import print_sweep
+from .status import Status
 from .terminal import safe
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -115,7 +116,7 @@ class Distributed:
             result = driver.wait(state, timeout=self.timeout, on_shard=shown, on_silence=silent)
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted: resume with --resume {state.run_id}", err=True)
-            sys.exit(130)
+            sys.exit(Status.INTERRUPTED)
         if as_json:
             click.echo(json.dumps({"target": target.name, **result.to_dict()}, indent=2))
         else:
@@ -129,7 +130,7 @@ class Distributed:
         if not result.finished:
             click.echo(f"not finished: resume with --resume {result.run_id}", err=True)
         if not result.ok:
-            sys.exit(1)
+            sys.exit(Status.DAMAGED)
 
 
 def distributed_options(command: F) -> F:

@@ -9,11 +9,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
 from ..ops.context import Context, S3Options, SettingsError
 from ..ops.sweep import DEFAULT_WORKERS
+from .status import ConfigurationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,6 +57,7 @@ def s3_options(command: F) -> F:
             click.option(
                 "--endpoint-url",
                 metavar="URL",
+                callback=_endpoint_url,
                 help="S3 endpoint, e.g. http://127.0.0.1:9000 (default: AWS, or the app's).",
             ),
             click.option("--region", metavar="REGION", help="S3 region (default: boto3's)."),
@@ -109,8 +112,16 @@ def context_of(ctx: click.Context, options: dict[str, Any]) -> Context:
 
 @contextmanager
 def settings_errors() -> Iterator[None]:
-    """A ``SettingsError`` (no keyring, no bucket, a bad app setting) as one line, status 1."""
+    """A ``SettingsError`` (no keyring, no bucket, a bad app setting) as one line, status 2."""
     try:
         yield
     except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise ConfigurationError(str(exc)) from None
+
+
+def _endpoint_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise click.BadParameter(f"{value!r} is not an http(s):// URL", ctx, param)
+    return value

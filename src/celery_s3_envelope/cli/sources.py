@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 
@@ -20,12 +21,19 @@ from ..envelope import MAX_HEADER_SIZE, PREAMBLE_SIZE
 from ..errors import SizeLimitExceeded, error_code
 from ..ops.context import S3_SCHEME, Context, Prefix, SettingsError
 from ..pipeline import DEFAULT_MAX_SIZE, largest_envelope
+from .status import Status
 
 STDIN = "-"
+READ_CHUNK = 1024 * 1024
 
 
 class SourceError(Exception):
-    """A source could not be read (missing file, missing object, S3 refused); one-line reason."""
+    """A source could not be read (missing file, missing object, S3 refused); one-line reason,
+    and the exit status it stands for (a usage error, or a runtime failure of S3 or KMS)."""
+
+    def __init__(self, message: str, status: Status = Status.USAGE) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +96,13 @@ def sources_of(
             sources.append(target)
             continue
         try:
-            sources.extend(expand(context, target))
+            found = list(expand(context, target))
         except (SourceError, SettingsError) as exc:
             on_error(target.name, exc)
+            continue
+        if not found:  # a mistyped prefix must not pass an audit silently
+            on_error(target.name, SourceError("no object under this prefix: check its spelling"))
+        sources.extend(found)
     return sources
 
 
@@ -100,18 +112,31 @@ def read_local(source: Source) -> bytes:
     limit = largest_envelope(DEFAULT_MAX_SIZE)
     try:
         if source.path is None:
-            data = sys.stdin.buffer.read(limit + 1)
+            data = _read_at_most(sys.stdin.buffer, limit + 1)
         else:
             size = source.path.stat().st_size
             if size > limit:
                 raise SizeLimitExceeded(f"{size} bytes, more than any envelope ({limit})")
             with source.path.open("rb") as handle:
-                data = handle.read(limit + 1)
+                data = _read_at_most(handle, limit + 1)
     except OSError as exc:
         raise SourceError(f"cannot read file: {exc.strerror or exc}") from None
     if len(data) > limit:
         raise SizeLimitExceeded(f"more than {limit} bytes, more than any envelope")
     return data
+
+
+def _read_at_most(handle: BinaryIO, limit: int) -> bytes:
+    """Up to ``limit`` bytes, in chunks: ``read(limit)`` would allocate ``limit`` up front."""
+    chunks: list[bytes] = []
+    total = 0
+    while total < limit:
+        chunk = handle.read(min(READ_CHUNK, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def read(context: Context, source: Source) -> bytes:
@@ -193,9 +218,10 @@ def aws_errors(service: str = "S3") -> Iterator[None]:
             if code in ("NoSuchKey", "404"):
                 raise SourceError("no such object") from None
             if code == "NoSuchBucket":
-                raise SourceError("no such bucket") from None
+                raise SourceError("no such bucket", Status.RUNTIME) from None
             message = exc.response.get("Error", {}).get("Message", "")
-            raise SourceError(f"{service} refused: {code} {message}".rstrip()) from None
+            reason = f"{service} refused: {code} {message}".rstrip()
+            raise SourceError(reason, Status.RUNTIME) from None
         if isinstance(exc, BotoCoreError):
-            raise SourceError(f"{service} request failed: {exc}") from None
+            raise SourceError(f"{service} request failed: {exc}", Status.RUNTIME) from None
         raise
