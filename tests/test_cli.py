@@ -294,7 +294,7 @@ def test_decode_prints_text_values_with_escapes_shown_and_raw_byte_for_byte(
     path.write_bytes(seal(value, key="t", keyring=keyring))
     result = run("decode", path, path, "--keyring", keyring_file)
     assert result.exit_code == 0
-    shown = "not JSON: \\x1b[31m red \udc80 \u2603\n\tsecond line\\x9b2J"
+    shown = "not JSON: \\x1b[31m red \\xed\\xb2\\x80 \u2603\n\tsecond line\\x9b2J"
     expected = shown.encode("utf-8", "surrogatepass") + b"\n"
     assert result.stdout_bytes == (f"==> {path} <==\n".encode() + expected) * 2
     raw = run("decode", "--raw", path, "--keyring", keyring_file)

@@ -172,7 +172,7 @@ def test_migrate_and_scan_verify_run_distributed_from_the_command_line(
     document = json.loads(result.stdout)
     assert document[counted] == len(keys) and document["scanned"] == len(keys) + 1
     assert len(document["shards"]) == 3 * 3 + 1 and "run_id" in document
-    resumed = CliRunner().invoke(envelope, [*command[:1], "--resume", document["run_id"]], obj=obj)
+    resumed = CliRunner().invoke(envelope, [*command, "--resume", document["run_id"]], obj=obj)
     assert resumed.exit_code == 0, resumed.output  # every shard done: nothing sent again
     other = "rotate" if command[0] != "rotate" else "migrate"
     wrong = CliRunner().invoke(envelope, [other, "--resume", document["run_id"]], obj=obj)

@@ -244,3 +244,37 @@ def test_the_walk_finds_keys_the_codec_frames_hold() -> None:
         unseal(pipeline, envelope, keyring=case.keyring, key=KEY)
     with pytest.raises(AssertionError, match="key material in traceback locals"):
         assert_no_key_in_frames(raised.value, all_secrets(case, envelope))
+
+
+def test_the_callers_exception_in_flight_keeps_its_locals() -> None:
+    """Clearing stops at the entry point: an exception the caller was already handling (its
+    ``__context__``) keeps the caller's frames for the error tracker."""
+    case = local_case()
+    envelope = tampered_payload(case)
+
+    def caller() -> None:
+        patient_id = "kept for the error tracker"  # noqa: F841 (the local under test)
+        raise KeyError("the caller's own failure")
+
+    try:
+        caller()
+    except KeyError:
+        with pytest.raises(cse.IntegrityError) as raised:
+            Pipeline().unseal(envelope, keyring=case.keyring, key=KEY)
+    context: BaseException | None = raised.value
+    while context is not None and not isinstance(context, KeyError):
+        context = context.__context__
+    assert isinstance(context, KeyError) and context.__traceback__ is not None
+    frames_of_caller = [
+        tb.tb_frame.f_locals
+        for tb in iter_tb(context.__traceback__)
+        if "patient_id" in tb.tb_frame.f_code.co_varnames
+    ]
+    assert frames_of_caller and frames_of_caller[0]["patient_id"] == "kept for the error tracker"
+    assert_no_key_in_frames(raised.value, all_secrets(case, envelope))
+
+
+def iter_tb(tb: TracebackType | None) -> Iterator[TracebackType]:
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next

@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 import celery_s3_envelope as cse
 from celery_s3_envelope.cli import envelope
+from celery_s3_envelope.ops.context import Context
 from celery_s3_envelope.ops.migrate import Migration
+from celery_s3_envelope.ops.runs import Driver, RunState, run_shard
 from celery_s3_envelope.ops.sweep import Outcome
 from celery_s3_envelope.store import Fetched, S3Store
+from support.apps import MakeApp
 from support.cli import invoke
 from support.s3 import S3Endpoint
 
@@ -100,3 +104,31 @@ def test_the_command_reports_them_and_exits_1(
     document = json.loads(result.stdout)
     assert document["sealed"] == 1 and document["suspicious"] == 2
     assert {f["key"] for f in document["failures"]} == {FORGED, REPLACED}
+
+
+def test_a_resumed_distributed_run_takes_the_cutoff_from_the_command_not_the_bucket(
+    store: S3Store, keyring: cse.Keyring, switched: datetime, make_app: MakeApp
+) -> None:
+    """The run's plan is plain JSON in the bucket: a writer who moves its cutoff to year 9999
+    must not get a forgery sealed when the operator resumes the run with the real cutoff."""
+    jobs: list[dict[str, Any]] = []
+    app = make_app(s3_base_path=BASE)
+    app.send_task = lambda name, args, queue=None: jobs.append(args[0])  # type: ignore[method-assign]
+    options = {"workers": 1, "dry_run": False, "cutoff": switched.isoformat()}
+    state = Driver(app, store, BASE).start("migrate", keyring, options, parts=1)
+    plan = state.plan() or {}
+    plan["options"]["cutoff"] = "9999-12-31T00:00:00+00:00"  # the bucket writer's edit
+    state.save_plan(plan)
+
+    def run_now(name: str, args: list[Any], queue: str | None = None) -> None:
+        job = args[0]
+        run_shard(RunState(store, job["prefix"], job["run_id"]), Context(app=app), job)
+
+    app.send_task = run_now  # type: ignore[method-assign]
+    Driver(app, store, BASE).resume(state.run_id, "migrate", options)
+    assert store.get(FORGED) == FORGED_VALUE and store.get(REPLACED) == FORGED_VALUE
+    assert cse.inspect(store.get(STOCK) or b"").kek_id == keyring.active.id
+    forged_plan = {**plan, "prefix": "elsewhere/"}
+    state.save_plan(forged_plan)
+    with pytest.raises(LookupError, match="does not match"):
+        Driver(app, store, BASE).resume(state.run_id, "migrate", options)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import traceback
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -105,3 +106,47 @@ def test_a_forged_chain_keeps_only_what_this_process_can_check() -> None:
     summary = traceback_summary(formatted(raised(message, None)))
     assert SECRET not in summary and SECRET_NAME not in summary
     assert REAL_FRAME in summary  # real code, whoever wrote the line
+
+
+def test_a_message_cannot_send_the_redaction_to_read_a_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the sources of imported modules are read: a message naming ``/dev/zero`` (or a
+    FIFO, or any file) is not opened, and costs nothing."""
+    import linecache
+
+    opened: list[str] = []
+    original = linecache.getlines
+
+    def getlines(path: str, module_globals: dict[str, object] | None = None) -> list[str]:
+        opened.append(path)
+        return original(path, module_globals)
+
+    monkeypatch.setattr(linecache, "getlines", getlines)
+    message = 'x\n  File "/dev/zero", line 1, in <module>\n  File "/etc/passwd", line 1, in x'
+    summary = traceback_summary(formatted(raised(message, None)))
+    assert "/dev/zero" not in opened and "/etc/passwd" not in opened
+    assert "/dev/zero" not in summary
+
+
+def test_digits_of_a_message_do_not_survive() -> None:
+    """A frame line's number must exist in its file, and a repeat line's count is not shown."""
+    card = "4111111111111111"
+    message = "\n".join(
+        [
+            "x",
+            REAL_FRAME.replace(REAL_FRAME.split(", line ")[1].split(",")[0], card),
+            f"  [Previous line repeated {card} more times]",
+            f"card_{card}_declined: y",
+        ]
+    )
+    summary = traceback_summary(formatted(raised(message, None)))
+    assert card not in summary
+
+
+def test_an_exception_repr_keeps_only_a_real_exception_type() -> None:
+    from celery_s3_envelope.redact_text import exception_summary
+
+    assert exception_summary("ValueError('ssn 078-05-1120')") == "ValueError(<redacted>)"
+    assert exception_summary("card_4111111111111111_declined('x')") == "<redacted>"
+    assert exception_summary("acct_99812: y") == "<redacted>"

@@ -77,8 +77,14 @@ def test_failures_quote_hostile_names_escaped(tmp_path: Path, keyring_file: Path
     bad = tmp_path / "not\x1b[8m-an-envelope\u202e.bin"
     bad.write_bytes(b"plain")
     result = invoke(envelope, "decode", bad, "--keyring", keyring_file)
-    assert result.exit_code == 1 and "not an envelope" in result.stderr
+    assert result.exit_code == 3 and "not an envelope" in result.stderr  # plaintext found
     assert_safe(result)
+    undecodable = tmp_path / "obj-\udc9b31m-\udcff.bin"  # a file name that is not UTF-8
+    undecodable.write_bytes(b"plain")
+    for args in (["inspect", undecodable], ["inspect", "--json", undecodable]):
+        listed = invoke(envelope, *args)
+        assert_safe(listed)
+        assert "\\x9b31m-\\xff" in listed.stderr or "\\udc9b" in listed.stdout
 
 
 def test_scan_rotate_and_inspect_of_a_bucket_escape_keys_and_ids(

@@ -163,18 +163,15 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
 
     # -- identity ----------------------------------------------------------------------------
     def as_uri(self, include_password: bool = False) -> str:
-        """The backend's URL with the secret access key, and a keyring given as JSON, masked
-        (``include_password``: as given)."""
+        """The backend's URL with the secret access key masked (``include_password``: as given).
+        A URL never holds key material: its ``keyring`` parameter takes a path only."""
         if not self.url or not urlsplit(self.url).netloc:  # "s3envelope://": all from settings
             return f"{SCHEME}://{self.bucket_name}/{self.base_path}"
         if include_password:
             return str(self.url)
         parts = urlsplit(masked_url(self.url))
         query = [
-            (
-                name,
-                "**" if name == "keyring" and value.lstrip().startswith("{") else masked_url(value),
-            )
+            (name, masked_url(value))
             for name, value in parse_qsl(parts.query, keep_blank_values=True)
         ]
         return urlunsplit(parts._replace(query=urlencode(query, safe=":/")))

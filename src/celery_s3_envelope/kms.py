@@ -10,7 +10,8 @@ wraps; either at 0 turns the cache off (one ``GenerateDataKey`` per result).
 The encryption context sent to KMS, ``{"purpose", "kek_id", "scope"}``, is stored in the slot
 (its ``scope`` part; the rest is fixed) and enforced by KMS on ``Decrypt``: the scope names the
 bucket and prefix the results belong to, so key policies can grant decrypt per prefix
-(``kms:EncryptionContext:scope``) and CloudTrail shows which results a decrypt was for.
+(``kms:EncryptionContext:scope``) and CloudTrail shows the scope a decrypt's key was wrapped for
+(the writer's; not where the object was read: docs/security.md, item 8).
 """
 
 from __future__ import annotations

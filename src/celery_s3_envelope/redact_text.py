@@ -46,13 +46,15 @@ _CHAIN_HEADERS = frozenset(
         "During handling of the above exception, another exception occurred:",
     }
 )
-_FRAME = re.compile(r'  File "([^"]*)", line (\d+), in (\S+)')
+_FRAME = re.compile(r'  File "([^"]*)", line ([0-9]{1,9}), in (\S+)')
 _DEFINITION = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+(\w+)", re.MULTILINE)
 _STATEMENT_LINES = 30
 """How far a statement's later lines may stand below the line a frame names."""
 _SOURCE = re.compile(r"    \S.*")
 _CARETS = re.compile(r" +[~^][ ~^]*")
-_REPEATED = re.compile(r"  \[Previous line repeated \d+ more times?\]")
+_REPEATED = re.compile(r"  \[Previous line repeated [0-9]+ more times?\]")
+REPEATED = "  [Previous line repeated more times]"
+"""How a repeat line is shown: its count is text a message could have written."""
 
 
 def _type_of_repr(text: str) -> str:
@@ -95,13 +97,31 @@ def exception_summary(text: str) -> str:
     """``ValueError(<redacted>)`` for an exception's repr (``ValueError: <redacted>`` for its
     ``Type: message`` form): the type stays, the message goes."""
     call = _CALL.match(text)
-    if call:
+    if call and _names_an_exception(call.group(1)):
         name = call.group(1)
         return text if text == f"{name}()" else f"{name}({REDACTED})"
     line = _EXCEPTION_LINE.fullmatch(text.split("\n", 1)[0])
-    if line and "\n" not in text:
+    if line and "\n" not in text and _names_an_exception(line.group(1)):
         return line.group(1) if line.group(2) is None else f"{line.group(1)}: {REDACTED}"
     return REDACTED
+
+
+def _names_an_exception(name: str) -> bool:
+    """``name`` (as a repr shows a type: its bare qualified name) is an exception class of some
+    module this process has loaded; a custom ``__repr__`` could print anything else."""
+    if _is_exception_type(name):
+        return True
+    parts = name.split(".")
+    for module in list(sys.modules.values()):
+        found: object = module
+        try:  # a module's own __getattr__ may do anything: only plain attributes count
+            for part in parts:
+                found = vars(found).get(part) if hasattr(found, "__dict__") else None
+        except Exception:  # noqa: S112 (an odd module object: not the one)
+            continue
+        if isinstance(found, type) and issubclass(found, BaseException):
+            return True
+    return False
 
 
 def traceback_summary(text: str) -> str:
@@ -128,7 +148,7 @@ def traceback_summary(text: str) -> str:
             kept += ["", line, ""]
         elif found := _FRAME.fullmatch(line):
             path, number, name = found.group(1), int(found.group(2)), found.group(3)
-            frame = (path, number) if _code_defines(path, name) else None
+            frame = (path, number) if _code_defines(path, name, number) else None
             source_kept = False
             if frame is not None:
                 kept.append(line)
@@ -141,8 +161,8 @@ def traceback_summary(text: str) -> str:
         elif source_kept and _CARETS.fullmatch(line):
             kept.append(line)
             continue
-        elif _REPEATED.fullmatch(line):
-            kept.append(line)
+        elif _REPEATED.fullmatch(line) or line == REPEATED:
+            kept.append(REPEATED)
         elif (exception := _EXCEPTION_LINE.fullmatch(line)) and _is_exception_type(
             exception.group(1)
         ):
@@ -176,8 +196,27 @@ def _defined_names(path: str) -> frozenset[str]:
     return frozenset(_DEFINITION.findall("".join(linecache.getlines(path))))
 
 
-def _code_defines(path: str, name: str) -> bool:
-    return bool(linecache.getlines(path)) and (name in _ANONYMOUS or name in _defined_names(path))
+_loaded: tuple[int, frozenset[str]] = (0, frozenset())
+
+
+def _loaded_sources() -> frozenset[str]:
+    """The source files of the modules this process has imported: the only files a traceback
+    line may send the redaction to read (a message could name ``/dev/zero`` or a FIFO)."""
+    global _loaded
+    count = len(sys.modules)
+    if _loaded[0] != count:
+        files = (getattr(module, "__file__", None) for module in list(sys.modules.values()))
+        _loaded = (count, frozenset(f for f in files if isinstance(f, str) and f.endswith(".py")))
+    return _loaded[1]
+
+
+def _code_defines(path: str, name: str, number: int) -> bool:
+    """``path`` is an imported module's source, ``number`` one of its lines, and it defines
+    ``name`` (or ``name`` is a module-level or anonymous code object)."""
+    if path not in _loaded_sources():
+        return False
+    lines = linecache.getlines(path)
+    return 0 < number <= len(lines) and (name in _ANONYMOUS or name in _defined_names(path))
 
 
 def _is_source(frame: tuple[str, int], text: str) -> bool:

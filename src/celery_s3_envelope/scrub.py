@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections.abc import Callable
 from types import TracebackType
 from typing import ParamSpec, TypeVar
@@ -21,9 +22,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def clear_frames(exc: BaseException) -> None:
-    """Clear the locals of every finished frame in ``exc``'s tracebacks, chain included."""
-    seen: set[int] = set()
+def clear_frames(exc: BaseException, *, keep: BaseException | None = None) -> None:
+    """Clear the locals of every finished frame in ``exc``'s tracebacks, chain included, but
+    not those of ``keep`` (the exception already being handled when the entry point was called:
+    its frames are the caller's, not the codec's)."""
+    seen: set[int] = {id(keep)} if keep is not None else set()
     pending: list[BaseException | None] = [exc]
     while pending:
         current = pending.pop()
@@ -43,10 +46,11 @@ def scrubbed(function: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(function)
     def entry(*args: P.args, **kwargs: P.kwargs) -> R:
+        in_flight = sys.exception()
         try:
             return function(*args, **kwargs)
         except BaseException as exc:
-            clear_frames(exc)
+            clear_frames(exc, keep=in_flight)
             raise
 
     return entry

@@ -25,6 +25,7 @@ from .pipeline import (
     Pipeline,
     largest_envelope,
 )
+from .scrub import clear_frames
 from .store import S3Store
 
 __all__ = [
@@ -139,6 +140,14 @@ def settings_from_url(url: str) -> dict[str, Any]:
                 f"unknown parameter {name!r} in the {SCHEME}:// URL "
                 f"(known: {', '.join(sorted(_URL_QUERY))})"
             )
+        if setting in found:
+            raise ImproperlyConfigured(f"parameter {name!r} is given twice in the {SCHEME}:// URL")
+        if setting == "envelope_keyring" and value.lstrip().startswith("{"):
+            raise ImproperlyConfigured(
+                f"the keyring parameter of the {SCHEME}:// URL takes a path: a URL is printed "
+                "(worker banner, celery inspect conf, celery report), so key material never "
+                "belongs in it; set envelope_keyring instead"
+            )
         found[setting] = value
     return found
 
@@ -221,10 +230,12 @@ def load_keyring(value: object) -> Keyring:
                 f"or a Keyring (or put the path or the JSON in {DEFAULT_ENV_VAR})"
             )
     except KeyringError as exc:
-        raise ImproperlyConfigured(f"envelope_keyring: {exc}") from exc
-    raise ImproperlyConfigured(
-        f"envelope_keyring must be a path, JSON, a dict or a Keyring, not {type(value).__name__}"
-    )
+        clear_frames(exc)  # the frames that parsed it hold the keyring's text: key material
+        message = f"envelope_keyring: {exc}"
+    else:
+        kind = type(value).__name__
+        message = f"envelope_keyring must be a path, JSON, a dict or a Keyring, not {kind}"
+    raise ImproperlyConfigured(message) from None
 
 
 def masked_url(url: str) -> str:

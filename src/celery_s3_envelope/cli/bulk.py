@@ -183,8 +183,7 @@ def migrate(
     Written with If-Match on the ETag read: a result a live worker stored meanwhile is kept."""
     from ..ops.migrate import Migration
 
-    resuming = distributed is not None and distributed.resume_run
-    if cutoff is None and not resuming:
+    if cutoff is None:  # a resumed run too: its stored options are not trusted
         raise click.UsageError(
             "migrate needs --cutoff TIME: when the last worker with Celery's S3 backend stopped "
             "(plaintext written after it is not sealed; docs/migration.md)"
@@ -193,12 +192,9 @@ def migrate(
     with settings_errors():
         keyring = context.keyring_for(target, keyring_path)
     if distributed is not None:
-        run_options: dict[str, Any] = {"workers": workers, "dry_run": dry_run}
-        if cutoff is not None:
-            run_options["cutoff"] = cutoff.isoformat()
+        run_options = {"workers": workers, "dry_run": dry_run, "cutoff": cutoff.isoformat()}
         distributed.run(context, target, "migrate", keyring, run_options, as_json=as_json)
         return
-    assert cutoff is not None
     sweep = Migration(
         context.store(target.bucket),
         keyring,

@@ -86,9 +86,9 @@ class Distributed:
         driver = Driver(context.app, context.store(target.bucket), target.prefix, queue=self.queue)
         if self.resume_run:
             try:
-                state = driver.resume(self.resume_run, operation)
+                state = driver.resume(self.resume_run, operation, options)
             except LookupError as exc:
-                raise click.ClickException(str(exc)) from None
+                raise click.ClickException(safe(exc)) from None
         else:
             state = driver.start(
                 operation, keyring, options, parts=self.shards, key_prefixes=prefixes

@@ -74,11 +74,14 @@ def migrate_object(
     if state is State.FOREIGN:
         return ObjectResult(key, Outcome.FOREIGN, reason=reason)
     written = got.last_modified or info.last_modified
-    if written >= cutoff:
+    if written >= cutoff.replace(microsecond=0):  # LastModified has whole seconds: same second
         reason = (
             f"plaintext written {written.isoformat()}, after the cutoff {cutoff.isoformat()}: "
             "not sealed (docs/migration.md)"
         )
+        return ObjectResult(key, Outcome.SUSPICIOUS, reason=reason)
+    if "-" in got.etag:  # multipart: its LastModified may be when the upload began
+        reason = "plaintext uploaded in parts, which the stock backend never does: not sealed"
         return ObjectResult(key, Outcome.SUSPICIOUS, reason=reason)
     value: str | bytes
     try:

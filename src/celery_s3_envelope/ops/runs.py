@@ -288,16 +288,31 @@ class Driver:
             self._send(plan, shard)
         return state
 
-    def resume(self, run_id: str, operation: str | None = None) -> RunState:
-        """Send again every shard of ``run_id`` (an ``operation`` run) that is not done."""
+    def resume(
+        self, run_id: str, operation: str | None = None, options: dict[str, Any] | None = None
+    ) -> RunState:
+        """Send again every shard of ``run_id`` (an ``operation`` run) that is not done.
+
+        The run's documents are plain JSON in the bucket, which a bucket writer can change: what
+        decides what the shards do comes from this call instead. ``options`` (the command line's:
+        migrate's cutoff, dry run...) replace the stored ones, and a plan for another bucket or
+        prefix, or with a shard outside the run's prefix, is refused."""
         state = RunState(self.store, self.prefix, run_id)
         plan = state.plan()
         if plan is None:
             raise LookupError(f"no run {run_id!r} under {state.folder!r}")
-        if operation is not None and plan["operation"] != operation:
-            raise LookupError(f"run {run_id!r} is a {plan['operation']} run, not {operation}")
-        for raw in plan["shards"]:
-            shard = Shard.from_dict(raw)
+        if operation is not None and plan.get("operation") != operation:
+            raise LookupError(f"run {run_id!r} is a {plan.get('operation')!r} run, not {operation}")
+        shards = [Shard.from_dict(raw) for raw in plan.get("shards", ())]
+        if (
+            plan.get("bucket") != self.store.bucket
+            or plan.get("prefix") != self.prefix
+            or not all(shard.prefix.startswith(self.prefix) for shard in shards)
+        ):
+            raise LookupError(f"run {run_id!r} does not match this bucket and prefix: refused")
+        if options is not None:
+            plan = {**plan, "options": {**plan.get("options", {}), **options}}
+        for shard in shards:
             if (state.shard(shard.index) or {}).get("state") != DONE:
                 self._send(plan, shard)
         return state
