@@ -216,8 +216,8 @@ def migrate(
 Examples:
   celery-s3-envelope scan --bucket my-results --prefix celery/
   celery-s3-envelope scan --bucket my-results --keyring keys.json --verify --json > evidence.json
-  celery -A proj envelope scan || alert "plaintext results in the bucket"
-Exit status 2 when any plaintext result is found."""
+  celery -A proj envelope scan; [ $? -eq 3 ] && alert "plaintext results in the bucket"
+Exit status 3 when any plaintext result is found (the table: celery-s3-envelope --help)."""
 )
 @keyring_option
 @workers_option
