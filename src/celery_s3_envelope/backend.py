@@ -39,11 +39,13 @@ from .settings import (
     EXPIRY_MODES,
     SCHEME,
     SETTINGS,
+    endpoint_url,
     kms_provider_from_settings,
     load_keyring,
     masked_url,
     optional_str,
     pipeline_from_settings,
+    refuse_example_keys,
     resolve_settings,
     setting_bool,
     store_from_settings,
@@ -124,7 +126,8 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         self.endpoint_url = optional_str(settings, "s3_endpoint_url")
         self.aws_region = optional_str(settings, "s3_region")
         self.allow_plaintext = setting_bool(settings, "envelope_allow_plaintext")
-        self.keyring = load_keyring(settings["envelope_keyring"])
+        self.keyring = refuse_example_keys(load_keyring(settings["envelope_keyring"]), settings)
+        endpoint_url(settings, "envelope_kms_endpoint_url")  # refused now, even if unused yet
         if self.keyring.uses_kms:
             scope = f"{self.bucket_name}/{self.base_path}"
             self.keyring = self.keyring.with_kms(kms_provider_from_settings(settings, scope))

@@ -113,7 +113,7 @@ class Keyring:
             ((entry.active_from.timestamp(), entry) for entry in staged if entry.active_from),
             key=lambda pair: pair[0],
         )
-        if any(isinstance(e, LocalKey) and e.is_example for e in self._entries.values()):
+        if self.holds_example_keys:
             warnings.warn(
                 "this keyring holds the published example keys from keys.example: "
                 "they protect nothing; generate your own with `celery-s3-envelope keys generate`",
@@ -257,6 +257,11 @@ class Keyring:
         """A keyring with ``kek_id`` (a ``decrypt`` key) staged to seal from ``moment``."""
         target = self.get(kek_id)
         return Keyring(target.scheduled(moment) if e.id == kek_id else e for e in self)
+
+    @property
+    def holds_example_keys(self) -> bool:
+        """True when a key is one of ``keys.example``'s published ones."""
+        return any(isinstance(e, LocalKey) and e.is_example for e in self._entries.values())
 
     @property
     def uses_kms(self) -> bool:

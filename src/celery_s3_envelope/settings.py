@@ -82,6 +82,7 @@ SETTINGS = (
     "envelope_compression_min_size",
     "envelope_max_size",
     "envelope_allow_plaintext",
+    "envelope_allow_example_keys",
     "s3_put_extra_args",
     "s3_max_pool_connections",
     "s3_mget_concurrency",
@@ -127,9 +128,13 @@ def settings_from_url(url: str) -> dict[str, Any]:
         found["s3_bucket"] = unquote(bucket)
     if userinfo:
         key_id, _, secret = userinfo.partition(":")
+        if not key_id or not secret:
+            raise ImproperlyConfigured(
+                f"the {SCHEME}:// URL gives an access key id without its secret (or the reverse): "
+                "give both (ID:SECRET@bucket) or neither (credentials from boto3's chain)"
+            )
         found["s3_access_key_id"] = unquote(key_id)
-        if secret:
-            found["s3_secret_access_key"] = unquote(secret)
+        found["s3_secret_access_key"] = unquote(secret)
     path = unquote(parts.path).lstrip("/")
     if path:
         found["s3_base_path"] = path if path.endswith("/") else path + "/"
@@ -142,6 +147,10 @@ def settings_from_url(url: str) -> dict[str, Any]:
             )
         if setting in found:
             raise ImproperlyConfigured(f"parameter {name!r} is given twice in the {SCHEME}:// URL")
+        if not value.strip():
+            raise ImproperlyConfigured(
+                f"parameter {name!r} of the {SCHEME}:// URL is empty: give a value or leave it out"
+            )
         if setting == "envelope_keyring" and value.lstrip().startswith("{"):
             raise ImproperlyConfigured(
                 f"the keyring parameter of the {SCHEME}:// URL takes a path: a URL is printed "
@@ -209,6 +218,18 @@ def optional_str(settings: Mapping[str, Any], name: str) -> str | None:
     return str(value) if value else None
 
 
+def refuse_example_keys(keyring: Keyring, settings: Mapping[str, Any]) -> Keyring:
+    """The published keys of ``keys.example`` protect nothing: refused, unless
+    ``envelope_allow_example_keys`` says this is a demo."""
+    if keyring.holds_example_keys and not setting_bool(settings, "envelope_allow_example_keys"):
+        raise ImproperlyConfigured(
+            "envelope_keyring holds the published example keys of keys.example, which protect "
+            "nothing: create your own with `celery-s3-envelope keys generate` (for a demo only: "
+            "envelope_allow_example_keys = True)"
+        )
+    return keyring
+
+
 def load_keyring(value: object) -> Keyring:
     """``envelope_keyring`` as given: a path, the keyring's JSON (text starting with ``{``), a
     dict or a ``Keyring``; unset: ``$CELERY_S3_ENVELOPE_KEYRING``, read by the same rule.
@@ -259,6 +280,16 @@ def pipeline_from_settings(settings: Mapping[str, Any]) -> Pipeline:
     )
 
 
+def endpoint_url(settings: Mapping[str, Any], name: str) -> str | None:
+    """An endpoint setting: unset, or an http(s) URL with a host."""
+    value = optional_str(settings, name)
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ImproperlyConfigured(f"{name} must be an http(s):// URL, not {value!r}")
+    return value
+
+
 def store_from_settings(settings: Mapping[str, Any]) -> S3Store:
     """The store, bounded like the pipeline: nothing larger than an envelope of a value of
     ``envelope_max_size`` is read."""
@@ -272,7 +303,7 @@ def store_from_settings(settings: Mapping[str, Any]) -> S3Store:
     max_attempts = settings.get("s3_max_attempts")
     return S3Store(
         str(settings["s3_bucket"]),
-        endpoint_url=optional_str(settings, "s3_endpoint_url"),
+        endpoint_url=endpoint_url(settings, "s3_endpoint_url"),
         region=optional_str(settings, "s3_region"),
         access_key_id=optional_str(settings, "s3_access_key_id"),
         secret_access_key=optional_str(settings, "s3_secret_access_key"),
@@ -297,7 +328,7 @@ def kms_provider_from_settings(settings: Mapping[str, Any], scope: str) -> KmsPr
     """The KMS client and caches for the keyring's KMS entries: the S3 credentials and region
     unless the ``envelope_kms_*`` settings say otherwise; the scope names bucket and prefix."""
     return KmsProvider(
-        endpoint_url=optional_str(settings, "envelope_kms_endpoint_url"),
+        endpoint_url=endpoint_url(settings, "envelope_kms_endpoint_url"),
         region=optional_str(settings, "envelope_kms_region") or optional_str(settings, "s3_region"),
         access_key_id=optional_str(settings, "s3_access_key_id"),
         secret_access_key=optional_str(settings, "s3_secret_access_key"),
