@@ -59,7 +59,7 @@ def test_generate(tmp_path: Path, keyring_file: Path) -> None:
 def test_generate_never_overwrites(keyring_file: Path) -> None:
     before = keyring_file.read_bytes()
     result = run("generate", "--out", keyring_file)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage or configuration error
     assert "refusing to overwrite" in result.stderr
     assert keyring_file.read_bytes() == before
     assert not keyring_file.with_name("keys.json.bak").exists()
@@ -136,7 +136,7 @@ def test_refused_edits_leave_the_file_alone(
 ) -> None:
     before = keyring_file.read_bytes()
     result = run(*(a.format(path=keyring_file) for a in args))
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage or configuration error
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
     assert message.format(path=keyring_file) in result.stderr
     assert keyring_file.read_bytes() == before
@@ -166,7 +166,7 @@ def test_interrupted_edit_leaves_the_old_keyring(
 
     monkeypatch.setattr(os, "replace", failing_replace)
     result = run("add", keyring_file, "--activate")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage or configuration error
     assert result.stderr == (
         f"Error: cannot write keyring {str(keyring_file)!r}: No space left on device\n"
     )
@@ -195,7 +195,7 @@ def test_broken_keyring_is_one_line_without_its_content(tmp_path: Path) -> None:
     path.chmod(0o600)
     for args in (("list", path), ("add", path), ("activate", path, "k1")):
         result = run(*args)
-        assert result.exit_code == 1
+        assert result.exit_code == 2  # a usage or configuration error
         assert result.stderr == "Error: keyring is not valid JSON (JSONDecodeError)\n"
         assert "c2VjcmV0" not in result.output
 

@@ -88,7 +88,7 @@ def test_scan_exits_3_on_plaintext_and_migrate_fixes_it(
     assert found.exit_code == 3  # plaintext found (2 is for usage errors)
     assert plain in found.stderr and "left by the stock backend" not in found.output
 
-    migrated = run("migrate", "--keyring", keyring_file, "--cutoff", "now", "--json", *s3_args)
+    migrated = run("migrate", "--keyring", keyring_file, "--cutoff", "+1h", "--json", *s3_args)
     assert migrated.exit_code == 0, migrated.output
     assert json.loads(migrated.stdout)["sealed"] == 1
 
@@ -150,7 +150,7 @@ def test_celery_subcommand_calls_kms_with_the_apps_settings(
     assert rotated.exit_code == 0, rotated.output
     assert json.loads(rotated.stdout)["rewrapped"] == 4
     migrated = run(
-        "migrate", "--keyring", path, "--cutoff", "now", "--workers", "1", "--json", app=app
+        "migrate", "--keyring", path, "--cutoff", "+1h", "--workers", "1", "--json", app=app
     )
     assert migrated.exit_code == 0, migrated.output
     assert json.loads(migrated.stdout)["sealed"] == 1

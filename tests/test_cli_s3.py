@@ -116,7 +116,7 @@ def test_decode_refuses_an_envelope_copied_to_another_key(
     copy = tmp_path / "copy.bin"
     copy.write_bytes(store.get(moved) or b"")
     result = run("decode", "--meta", copy, "--keyring", keyring_file)
-    assert result.exit_code == 0 and f"sealed for  {original}" in result.stdout
+    assert result.exit_code == 0 and f"sealed for  {original}" in result.stderr
 
 
 def test_s3_failures_are_one_line_each(

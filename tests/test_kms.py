@@ -268,7 +268,7 @@ def test_cli_decode_of_a_kms_envelope_needs_kms_and_says_so_in_one_line(
     args = ["decode", "--raw", str(sealed), "--keyring", str(path)]
     # No region, no credentials (the autouse fixture clears AWS_*): KMS cannot be asked.
     offline = CliRunner().invoke(cli_group, args)
-    assert offline.exit_code == 1, offline.output
+    assert offline.exit_code == 4, offline.output  # KMS unreachable: a runtime failure
     (line,) = offline.stderr.strip().splitlines()
     assert str(sealed) in line and "KMS request failed" in line
     assert "Traceback" not in offline.output and "offline" not in offline.stdout

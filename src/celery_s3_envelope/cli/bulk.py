@@ -222,6 +222,11 @@ Exit status 3 when any plaintext result is found (the table: celery-s3-envelope 
 @keyring_option
 @workers_option
 @click.option("--verify", is_flag=True, help="Also open every object with the keyring.")
+@click.option(
+    "--list-plaintext",
+    is_flag=True,
+    help="List every plaintext key the report keeps (the first 100), not just the first 10.",
+)
 @distributed_options
 @json_option
 @s3_options
@@ -232,6 +237,7 @@ def scan(
     keyring_path: Path | None,
     workers: int,
     verify: bool,
+    list_plaintext: bool,
     distributed: Distributed | None,
     as_json: bool,
     **options: str | None,
@@ -275,7 +281,7 @@ def scan(
     except KeyboardInterrupt:
         click.echo("\ninterrupted", err=True)
         sys.exit(Status.INTERRUPTED)
-    print_scan(report, checked, target, as_json)
+    print_scan(report, checked, target, as_json, list_plaintext=list_plaintext)
     if report.plaintext_found:
         sys.exit(Status.PLAINTEXT)
     if report.counts["unreadable"] or (checked is not None and not checked.ok):

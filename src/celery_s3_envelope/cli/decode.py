@@ -28,7 +28,7 @@ from ..pipeline import inspect as inspect_header
 from ..private_file import write_private
 from .options import CONTEXT_SETTINGS, context_of, keyring_option, s3_options, settings_errors
 from .sources import Source, SourceError, aws_errors, read, read_header, sources_of
-from .status import Status
+from .status import ConfigurationError, Status
 from .terminal import json_text, safe, safe_text
 
 T = TypeVar("T")
@@ -115,7 +115,7 @@ def _ratio(record: dict[str, Any]) -> str:
     if record["compression"] == "none" or not record["payload_size"]:
         return "uncompressed"
     percent = 100 * record["stored_size"] / record["payload_size"]
-    return f"{record['compression']} {percent:.0f}%"
+    return f"{record['compression']}, {percent:.0f}% of original"
 
 
 def _meta_lines(record: dict[str, Any]) -> list[str]:
@@ -254,8 +254,8 @@ class Decoder:
             click.echo(f"{safe(name)} -> {safe(written)}")
         elif self.many:
             click.echo(f"==> {safe(name)} <==")
-        if self.meta:
-            click.echo("\n".join(_meta_lines(record)))
+        if self.meta:  # on stderr: stdout stays the value alone (decode --meta FILE | jq)
+            click.echo("\n".join(_meta_lines(record)), err=True)
         if written is None:
             if decoded.rendered.kind == "text":  # a text value may hold escape sequences too
                 data = safe_text(data.decode("utf-8", "surrogateescape")).encode(
@@ -321,7 +321,7 @@ def decode(
         try:
             out.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise click.ClickException(f"cannot create {out}: {exc.strerror or exc}") from None
+            raise ConfigurationError(f"cannot create {out}: {exc.strerror or exc}") from None
     decoder = Decoder(keyring, raw=raw, meta=meta, as_json=as_json, out=out, many=len(items) > 1)
     with _progress(items, "decoding", stdout_busy=True) as bar:
         for source in bar:

@@ -17,7 +17,7 @@ import click
 from ..keyring import Keyring
 from ..ops.context import Context, Prefix
 from .reports import print_sweep
-from .status import Status
+from .status import ConfigurationError, Status
 from .terminal import safe
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,7 +88,7 @@ class Distributed:
             try:
                 state = driver.resume(self.resume_run, operation, options)
             except LookupError as exc:
-                raise click.ClickException(safe(exc)) from None
+                raise ConfigurationError(safe(exc)) from None
         else:
             state = driver.start(
                 operation, keyring, options, parts=self.shards, key_prefixes=prefixes

@@ -21,6 +21,7 @@ from ..keyring import Keyring
 from ..ops.context import load_keyring_file
 from ..private_file import write_private
 from .options import CONTEXT_SETTINGS, Moment, warn
+from .status import ConfigurationError
 from .terminal import safe
 
 _NUMBERED = re.compile(r"k(\d+)")
@@ -41,7 +42,7 @@ def _load(path: Path) -> Keyring:
     try:
         return load_keyring_file(path, warn).settled()
     except KeyringError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise ConfigurationError(str(exc)) from None
 
 
 def _backup(path: Path) -> Path:
@@ -57,7 +58,7 @@ def _save(path: Path, keyring: Keyring) -> None:
         backup = _backup(path)
         keyring.to_file(path)
     except OSError as exc:
-        raise click.ClickException(
+        raise ConfigurationError(
             f"cannot write keyring {str(path)!r}: {exc.strerror or exc}"
         ) from None
     click.echo(f"previous keyring kept as {backup}", err=True)
@@ -111,7 +112,7 @@ def generate(path: Path, kek_id: str) -> None:
       celery-s3-envelope keys generate --out /etc/myapp/result-keys.json
     """
     if path.exists() or path.is_symlink():
-        raise click.ClickException(
+        raise ConfigurationError(
             f"{path} exists: refusing to overwrite a keyring (its keys may be the only way "
             "to read existing results); use `keys add` to add a key to it"
         )
@@ -119,9 +120,9 @@ def generate(path: Path, kek_id: str) -> None:
         keyring = Keyring.generate(kek_id)
         keyring.to_file(path)
     except KeyringError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise ConfigurationError(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(
+        raise ConfigurationError(
             f"cannot write keyring {str(path)!r}: {exc.strerror or exc}"
         ) from None
     click.echo(f"created {path} with active key {kek_id}")
@@ -163,12 +164,12 @@ def add(path: Path, kek_id: str | None, activate_at: datetime | None, activate: 
     keyring = _load(path)
     kek_id = kek_id or next_key_id(keyring)
     if kek_id in keyring:
-        raise click.ClickException(f"key {kek_id!r} is already in {safe(path)}")
+        raise ConfigurationError(f"key {kek_id!r} is already in {safe(path)}")
     try:
         entry = LocalKey(kek_id, os.urandom(KEY_SIZE), KeyState.DECRYPT).scheduled(activate_at)
         edited = keyring.with_entry(entry, activate=activate)
     except KeyringError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise ConfigurationError(str(exc)) from None
     _save(path, edited)
     added = edited.get(kek_id)
     staged = f", active from {format_time(activate_at)}" if activate_at else ""
@@ -204,7 +205,7 @@ def activate(path: Path, kek_id: str, at: datetime | None) -> None:
         return
     if at is not None:
         if keyring.get(kek_id).state is not KeyState.DECRYPT:
-            raise click.ClickException(f"key {safe(kek_id)} is retired: it cannot be staged")
+            raise ConfigurationError(f"key {safe(kek_id)} is retired: it cannot be staged")
         _save(path, keyring.with_staged(kek_id, at))
         click.echo(f"staged key {safe(kek_id)} in {safe(path)}: active from {format_time(at)}")
         return
@@ -232,7 +233,7 @@ def retire(path: Path, kek_id: str) -> None:
     keyring = _load(path)
     _require(keyring, kek_id, path)
     if keyring.active.id == kek_id:
-        raise click.ClickException(
+        raise ConfigurationError(
             f"key {kek_id} is the active key: activate another key first (`keys add --activate`)"
         )
     if keyring.get(kek_id).state is KeyState.RETIRED:
@@ -276,4 +277,4 @@ def _state(described: dict[str, str]) -> str:
 def _require(keyring: Keyring, kek_id: str, path: Path) -> None:
     if kek_id not in keyring:
         known = ", ".join(entry.id for entry in keyring)
-        raise click.ClickException(f"no key {kek_id!r} in {path} (it holds: {known})")
+        raise ConfigurationError(f"no key {kek_id!r} in {path} (it holds: {known})")

@@ -47,6 +47,12 @@ def with_progress(label: str, as_json: bool, run: Callable[[Callable[[object], N
         progress.close()
 
 
+DRY_RUN_LABELS = {"rewrapped": "would rewrap", "sealed": "would seal"}
+"""What a dry run's text report calls what it did not do (``--json`` keeps the field names)."""
+PLAINTEXT_SHOWN = 10
+"""Plaintext keys a text report lists before it summarises (``--list-plaintext``: all it kept)."""
+
+
 def print_sweep(report: SweepReport, target: Prefix, as_json: bool) -> None:
     document = report.to_dict()
     if as_json:
@@ -56,9 +62,12 @@ def print_sweep(report: SweepReport, target: Prefix, as_json: bool) -> None:
     if report.target_kek:
         title += f" -> KEK {safe(report.target_kek)}"
     click.echo(title + (" (dry run: nothing written)" if report.dry_run else ""))
-    click.echo(f"  {'scanned':<10} {document['scanned']:>10,}")
+    click.echo(f"  {'scanned':<12} {document['scanned']:>10,}")
     for outcome in report.outcomes:
-        line = f"  {outcome.value:<10} {document[outcome.value]:>10,}"
+        label = (
+            DRY_RUN_LABELS.get(outcome.value, outcome.value) if report.dry_run else outcome.value
+        )
+        line = f"  {label:<12} {document[outcome.value]:>10,}"
         if outcome.value in ("rewrapped", "sealed", "verified") and document["by_kek"]:
             by_kek = document["by_kek"].items()
             line += "   (" + ", ".join(f"{safe(k)}: {n:,}" for k, n in by_kek) + ")"
@@ -77,7 +86,14 @@ def interrupted(report: SweepReport | None) -> None:
     click.echo(f"\ninterrupted:{hint}", err=True)
 
 
-def print_scan(report: Any, checked: SweepReport | None, target: Prefix, as_json: bool) -> None:
+def print_scan(
+    report: Any,
+    checked: SweepReport | None,
+    target: Prefix,
+    as_json: bool,
+    *,
+    list_plaintext: bool = False,
+) -> None:
     from ..ops.scan import failure_classes
 
     document = {**report.to_dict(), "authenticated": checked is not None}
@@ -107,8 +123,14 @@ def print_scan(report: Any, checked: SweepReport | None, target: Prefix, as_json
             )
     if checked is None and document["sealed"]:
         click.echo("  sealed: by header only, not authenticated (--verify opens each envelope)")
-    for key in document["plaintext_keys"]:
+    listed = document["plaintext_keys"]
+    shown = listed if list_plaintext else listed[:PLAINTEXT_SHOWN]
+    for key in shown:
         click.echo(f"Plaintext: {safe(key)}", err=True)
+    if document["plaintext"] > len(shown):
+        more = document["plaintext"] - len(shown)
+        hint = "" if list_plaintext else " (--list-plaintext shows the first 100; --json too)"
+        click.echo(f"Plaintext: ... and {more:,} more{hint}", err=True)
     if checked is not None:
         verified = document["verify"]
         click.echo(

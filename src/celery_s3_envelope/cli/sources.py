@@ -21,7 +21,7 @@ from ..envelope import MAX_HEADER_SIZE, PREAMBLE_SIZE
 from ..errors import SizeLimitExceeded, error_code
 from ..ops.context import S3_SCHEME, Context, Prefix, SettingsError
 from ..pipeline import DEFAULT_MAX_SIZE, largest_envelope
-from .status import Status
+from .status import ConfigurationError, Status
 
 STDIN = "-"
 READ_CHUNK = 1024 * 1024
@@ -87,7 +87,7 @@ def sources_of(
                 raise click.UsageError("give at least one SOURCE (a file, -, or s3://BUCKET/KEY)")
             targets = [default]
     except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise ConfigurationError(str(exc)) from None
     if sum(1 for t in targets if isinstance(t, Source) and t.is_stdin) > 1:
         raise click.UsageError("stdin (-) can be read only once")
     sources: list[Source] = []
