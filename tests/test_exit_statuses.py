@@ -123,3 +123,24 @@ def test_the_four_findings_are_four_statuses(
     assert invoke(envelope, "scan", "--workers", "0", *args).exit_code == 2
     missing = ["--bucket", f"no-such-bucket-{uuid.uuid4().hex[:8]}", *credentials]
     assert invoke(envelope, "scan", *missing).exit_code == 4
+
+
+def test_profile_gives_the_credentials(
+    s3_endpoint: S3Endpoint, store: S3Store, keyring: cse.Keyring, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``--profile NAME`` reads credentials from the AWS config files, as the AWS CLI does."""
+    sealed = f"{PREFIX}celery-task-meta-1"
+    store.put(sealed, cse.seal("ok", key=sealed, keyring=keyring))
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        "[results-audit]\n"
+        f"aws_access_key_id = {s3_endpoint.access_key_id}\n"
+        f"aws_secret_access_key = {s3_endpoint.secret_access_key}\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    args = ["scan", "--bucket", store.bucket, "--prefix", PREFIX]
+    args += ["--endpoint-url", s3_endpoint.endpoint_url, "--region", s3_endpoint.region]
+    assert invoke(envelope, *args).exit_code == 4  # no credentials without it
+    result = invoke(envelope, *args, "--profile", "results-audit")
+    assert result.exit_code == 0, result.output

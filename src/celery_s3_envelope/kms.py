@@ -101,6 +101,7 @@ class KmsProvider:
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
         scope: str = "",
+        profile: str | None = None,
         cache_seconds: float = DEFAULT_CACHE_SECONDS,
         cache_uses: int = DEFAULT_CACHE_USES,
         clock: Callable[[], float] = time.monotonic,
@@ -119,6 +120,7 @@ class KmsProvider:
             "aws_secret_access_key": secret_access_key,
         }
         self._client_factory = client_factory
+        self._profile = profile
         self._client: KMSClient | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -152,7 +154,8 @@ class KmsProvider:
                     import boto3
 
                     args = {k: v for k, v in self._client_args.items() if v is not None}
-                    self._client = boto3.client("kms", **args)
+                    session = boto3.session.Session(profile_name=self._profile)
+                    self._client = session.client("kms", **args)
                 self._pid = os.getpid()
             return self._client
 

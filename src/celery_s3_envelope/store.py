@@ -144,6 +144,7 @@ class S3Store:
         connect_timeout: float = 10,
         read_timeout: float = 60,
         max_object_size: int | None = None,
+        profile: str | None = None,
     ) -> None:
         """``max_object_size``: objects larger than this are refused unread (None: no bound)."""
         if not bucket:
@@ -155,6 +156,7 @@ class S3Store:
         self.region = region
         self._access_key_id = access_key_id
         self._secret_access_key = secret_access_key
+        self.profile = profile
         self.put_extra_args: dict[str, Any] = dict(put_extra_args or {})
         self.mget_concurrency = mget_concurrency
         self.max_object_size = max_object_size
@@ -182,6 +184,7 @@ class S3Store:
             aws_access_key_id=self._access_key_id,
             aws_secret_access_key=self._secret_access_key,
             region_name=self.region,
+            profile_name=self.profile,
         )
 
     def has_credentials(self) -> bool:

@@ -40,7 +40,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 
 
 def s3_options(command: F) -> F:
-    """``--bucket``, ``--prefix``, ``--endpoint-url``, ``--region`` on every S3-reading command;
+    """``--bucket``, ``--prefix``, ``--endpoint-url``, ``--region``, ``--profile`` on every
+    S3-reading command;
     the command receives them as ``**options`` (``S3Options``' fields)."""
     for option in reversed(
         (
@@ -61,6 +62,11 @@ def s3_options(command: F) -> F:
                 help="S3 endpoint, e.g. http://127.0.0.1:9000 (default: AWS, or the app's).",
             ),
             click.option("--region", metavar="REGION", help="S3 region (default: boto3's)."),
+            click.option(
+                "--profile",
+                metavar="NAME",
+                help="AWS profile for S3 and KMS (default: boto3's; standalone only).",
+            ),
         )
     ):
         command = option(command)

@@ -36,6 +36,8 @@ class S3Options:
     prefix: str | None = None
     endpoint_url: str | None = None
     region: str | None = None
+    profile: str | None = None
+    """An AWS profile (``~/.aws/config``) for S3 and KMS, standalone only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,10 @@ class Context:
         from ..kms import KmsProvider
 
         if self.app is None:
-            return keyring.with_kms(KmsProvider(region=self.options.region, scope=target.scope))
+            provider = KmsProvider(
+                region=self.options.region, scope=target.scope, profile=self.options.profile
+            )
+            return keyring.with_kms(provider)
         from celery.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 
         from ..settings import SCHEME, kms_provider_from_settings, resolve_settings
@@ -173,7 +178,10 @@ class Context:
         from ..store import S3Store
 
         bound = largest_envelope(DEFAULT_MAX_SIZE)  # what the commands' pipeline opens
-        overridden = self.options.endpoint_url is not None or self.options.region is not None
+        overridden = any(
+            value is not None
+            for value in (self.options.endpoint_url, self.options.region, self.options.profile)
+        )
         if self.app is not None and not overridden:
             backend = self.backend()
             if backend.bucket_name == bucket:
@@ -194,6 +202,7 @@ class Context:
                 endpoint_url=self.options.endpoint_url,
                 region=self.options.region,
                 max_object_size=bound,
+                profile=self.options.profile,
             )
         self._stores[bucket] = store
         return store
