@@ -24,6 +24,7 @@ from celery_s3_envelope.ops.runs import (
     DONE,
     FAILED,
     RUNNING,
+    TASK_NAME,
     Driver,
     RunState,
     report_document,
@@ -149,7 +150,18 @@ def inline_app(make_app: Callable[..., Celery], store: S3Store, **conf: Any) -> 
         run_shard(RunState(store, job["prefix"], job["run_id"]), Context(app=app), job)
 
     app.send_task = send_task
+    app.control.inspect = lambda timeout=None: InlineWorkers()
     return app
+
+
+class InlineWorkers:
+    """What ``app.control.inspect()`` answers for the in-process "worker" of ``inline_app``."""
+
+    def registered(self) -> dict[str, list[str]]:
+        return {"inline@localhost": [TASK_NAME]}
+
+    def active_queues(self) -> dict[str, list[dict[str, str]]]:
+        return {"inline@localhost": [{"name": "celery"}]}
 
 
 @pytest.mark.parametrize(
@@ -172,6 +184,11 @@ def test_migrate_and_scan_verify_run_distributed_from_the_command_line(
     document = json.loads(result.stdout)
     assert document[counted] == len(keys) and document["scanned"] == len(keys) + 1
     assert len(document["shards"]) == 3 * 3 + 1 and "run_id" in document
+    # The run's state documents are in the bucket; an audit of the prefix does not trip on them.
+    assert any(".envelope-runs/" in info.key for info in store.list(BASE))
+    inspected = CliRunner().invoke(envelope, ["inspect", "--json"], obj=obj)
+    sources = [json.loads(line)["source"] for line in inspected.stdout.splitlines()]
+    assert len(sources) == len(keys) + 1 and not [s for s in sources if ".envelope-runs/" in s]
     resumed = CliRunner().invoke(envelope, [*command, "--resume", document["run_id"]], obj=obj)
     assert resumed.exit_code == 0, resumed.output  # every shard done: nothing sent again
     other = "rotate" if command[0] != "rotate" else "migrate"

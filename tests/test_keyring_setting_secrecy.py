@@ -17,6 +17,7 @@ from celery.exceptions import ImproperlyConfigured
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import celery_s3_envelope as cse
 from celery_s3_envelope.settings import load_keyring
 
 MATERIAL = st.binary(min_size=16, max_size=40).map(lambda b: base64.b64encode(b).decode())
@@ -107,3 +108,23 @@ def test_the_backend_start_and_its_uri_never_show_the_keyring(
     with pytest.raises(ImproperlyConfigured, match="takes a path") as in_url:
         type(app.backend)(app=app, url=url)  # a URL is printed: celery inspect conf, report
     assert good not in str(in_url.value) and quote(good) not in str(in_url.value)
+
+
+def test_the_variable_takes_a_path_or_json_by_the_same_rule(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``$CELERY_S3_ENVELOPE_KEYRING`` as ``envelope_keyring``: JSON when it starts with ``{``,
+    else a path; for the backend's setting left unset and for the command line alike."""
+    from celery_s3_envelope.cli import envelope
+    from support.cli import invoke
+
+    keyring = cse.Keyring.generate("k1")
+    path = tmp_path / "keys.json"
+    keyring.to_file(path)
+    sealed = tmp_path / "r.bin"
+    sealed.write_bytes(cse.seal("value", key="k", keyring=keyring))
+    for value in (str(path), json.dumps(keyring.to_dict())):
+        monkeypatch.setenv("CELERY_S3_ENVELOPE_KEYRING", value)
+        assert load_keyring(None).active.id == "k1"
+        decoded = invoke(envelope, "decode", sealed)
+        assert decoded.exit_code == 0 and decoded.stdout == "value\n", decoded.output

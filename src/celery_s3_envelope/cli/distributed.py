@@ -17,7 +17,7 @@ import click
 from ..keyring import Keyring
 from ..ops.context import Context, Prefix
 from .reports import print_sweep
-from .status import ConfigurationError, Status
+from .status import ConfigurationError, RuntimeFailure, Status
 from .terminal import safe
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,6 +84,10 @@ class Distributed:
             for p in (backend.task_keyprefix, backend.group_keyprefix, backend.chord_keyprefix)
         )
         driver = Driver(context.app, context.store(target.bucket), target.prefix, queue=self.queue)
+        try:
+            driver.check_workers()
+        except LookupError as exc:
+            raise RuntimeFailure(safe(exc)) from None
         if self.resume_run:
             try:
                 state = driver.resume(self.resume_run, operation, options)

@@ -259,6 +259,33 @@ class Driver:
         self.prefix = prefix
         self.queue = queue
 
+    def check_workers(self, timeout: float = 3.0) -> None:
+        """Before sending anything: some worker answers, and one that has the shard task
+        consumes the run's queue; otherwise ``LookupError`` saying what to do (the shards would
+        wait for ever)."""
+        inspect = self.app.control.inspect(timeout=timeout)
+        registered: dict[str, list[str]] = inspect.registered() or {}
+        if not registered:
+            raise LookupError(
+                f"no worker of this app answered within {timeout:g} s: start its workers "
+                "before a --distributed run"
+            )
+        ready = {name for name, tasks in registered.items() if TASK_NAME in (tasks or ())}
+        if not ready:
+            raise LookupError(
+                "no worker has the shard task: add 'celery_s3_envelope.distributed' to the "
+                "app's include (or imports) and restart the workers"
+            )
+        if self.queue is not None:
+            queues: dict[str, list[dict[str, Any]]] = inspect.active_queues() or {}
+            if not any(
+                any(q.get("name") == self.queue for q in queues.get(name) or ()) for name in ready
+            ):
+                raise LookupError(
+                    f"no worker with the shard task consumes queue {self.queue!r}: start one "
+                    f"with -Q {self.queue}"
+                )
+
     def start(
         self,
         operation: str,

@@ -28,6 +28,12 @@ RUNS_DIR = ".envelope-runs/"
 """Where a distributed run keeps its state (``<prefix>.envelope-runs/<run id>/``)."""
 
 
+def holds_run_state(key: str) -> bool:
+    """Any distributed run's state document, whatever prefix the run had: what ``inspect`` and
+    ``decode`` of a prefix leave out (``scan`` lists them, as foreign, with their reason)."""
+    return RUNS_DIR in key
+
+
 def is_run_state(key: str, prefix: str) -> bool:
     """A distributed run's own state document under ``prefix``: no writing command touches it,
     ``verify`` skips it, and ``scan`` lists it as foreign with that reason (never hidden)."""
