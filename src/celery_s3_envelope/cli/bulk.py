@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from ..keyring import Keyring
 from ..ops.context import Context, Prefix
 from ..ops.sweep import Sweep, SweepReport
 from .distributed import Distributed, distributed_options
@@ -64,6 +65,36 @@ def _sweep_command(sweep: Sweep[Any, SweepReport], target: Prefix, as_json: bool
         sys.exit(Status.DAMAGED)
     if not report.counts["scanned"] and sweep.resume_from is None and sweep.limit != 0:
         _nothing_under(target)
+
+
+def _run_here_or_distributed(
+    operation: str,
+    context: Context,
+    target: Prefix,
+    keyring: Keyring,
+    options: dict[str, Any],
+    distributed: Distributed | None,
+    as_json: bool,
+    limit: int | None,
+    resume_from: str | None,
+) -> None:
+    """The engine ``ops.runs.build_sweep`` gives ``operation``, here or on the app's workers."""
+    if distributed is not None:
+        distributed.run(context, target, operation, keyring, options, as_json=as_json)
+        return
+    from ..ops.runs import build_sweep  # the engines and botocore: only when a sweep runs
+
+    sweep = build_sweep(
+        operation,
+        context.store(target.bucket),
+        keyring,
+        options,
+        prefix=target.prefix,
+        workers=int(options["workers"]),
+        limit=limit,
+        resume_from=resume_from,
+    )
+    _sweep_command(sweep, target, as_json)
 
 
 def _nothing_under(target: Prefix) -> None:
@@ -112,29 +143,13 @@ def rotate(
 
     Each object is written back only if nobody changed it since it was read (If-Match): a result
     a worker stored meanwhile is kept and counted as changed. Safe to interrupt and re-run."""
-    from ..ops.rotate import Rotation
-
     context, target = _target(ctx, options)
     with settings_errors():
         keyring = context.keyring_for(target, keyring_path)
-    flags = {"dry_run": dry_run, "verify": verify, "reencrypt": reencrypt}
-    if distributed is not None:
-        distributed.run(
-            context, target, "rotate", keyring, {"workers": workers, **flags}, as_json=as_json
-        )
-        return
-    sweep = Rotation(
-        context.store(target.bucket),
-        keyring,
-        dry_run=dry_run,
-        reencrypt=reencrypt,
-        verify=verify,
-        prefix=target.prefix,
-        workers=workers,
-        limit=limit,
-        resume_from=resume_from,
+    run_options = {"workers": workers, "dry_run": dry_run, "verify": verify, "reencrypt": reencrypt}
+    _run_here_or_distributed(
+        "rotate", context, target, keyring, run_options, distributed, as_json, limit, resume_from
     )
-    _sweep_command(sweep, target, as_json)
 
 
 # -- migrate ----------------------------------------------------------------------------------
@@ -181,8 +196,6 @@ def migrate(
     was written before --cutoff; plaintext written later is reported as suspicious (exit 1).
 
     Written with If-Match on the ETag read: a result a live worker stored meanwhile is kept."""
-    from ..ops.migrate import Migration
-
     if cutoff is None:  # a resumed run too: its stored options are not trusted
         raise click.UsageError(
             "migrate needs --cutoff TIME: when the last worker with Celery's S3 backend stopped "
@@ -191,21 +204,10 @@ def migrate(
     context, target = _target(ctx, options)
     with settings_errors():
         keyring = context.keyring_for(target, keyring_path)
-    if distributed is not None:
-        run_options = {"workers": workers, "dry_run": dry_run, "cutoff": cutoff.isoformat()}
-        distributed.run(context, target, "migrate", keyring, run_options, as_json=as_json)
-        return
-    sweep = Migration(
-        context.store(target.bucket),
-        keyring,
-        cutoff=cutoff,
-        dry_run=dry_run,
-        prefix=target.prefix,
-        workers=workers,
-        limit=limit,
-        resume_from=resume_from,
+    run_options = {"workers": workers, "dry_run": dry_run, "cutoff": cutoff.isoformat()}
+    _run_here_or_distributed(
+        "migrate", context, target, keyring, run_options, distributed, as_json, limit, resume_from
     )
-    _sweep_command(sweep, target, as_json)
 
 
 # -- scan -------------------------------------------------------------------------------------
