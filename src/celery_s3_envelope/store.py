@@ -245,6 +245,45 @@ class S3Store:
         current = self.etag(key)
         return current is not None and current.strip('"') == etag.strip('"')
 
+    def honours_create_only(self, key: str) -> bool:
+        """Whether this bucket honours ``If-None-Match: *``: ``key`` (a fresh name) written
+        create-only twice, the second refused (412) when honoured; then deleted, with every
+        version the probe made where the bucket keeps versions. Ceph RGW 16 on a versioned
+        bucket lets both writes through (docs/compatibility.md). 3 requests (5 on a versioned
+        bucket)."""
+        made: list[str | None] = []
+        honoured = True
+        try:
+            made.append(self._put_probe(key))
+            try:
+                made.append(self._put_probe(key))
+                honoured = False
+            except ClientError as exc:
+                if not is_write_conflict(exc):
+                    raise
+        finally:
+            self._delete_probe(key, made)
+        return honoured
+
+    def _put_probe(self, key: str) -> str | None:
+        response = self.client.put_object(
+            **{**self.put_extra_args, "Bucket": self.bucket, "Key": key},
+            Body=b"",
+            IfNoneMatch="*",
+        )
+        return response.get("VersionId")
+
+    def _delete_probe(self, key: str, versions: list[str | None]) -> None:
+        try:
+            kept = [v for v in versions if v and v != "null"]
+            if not kept:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            for version in kept:
+                self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
+        except ClientError as exc:
+            code = error_code(exc)
+            logger.warning("could not delete the probe s3://%s/%s: %s", self.bucket, key, code)
+
     def lifecycle_rules(self) -> list[dict[str, Any]]:
         """The bucket's lifecycle rules as S3 returns them (``[]`` when it has none)."""
         try:
