@@ -19,7 +19,7 @@ from celery.backends.s3 import S3Backend
 import celery_s3_envelope.backend as backend_module
 from celery_s3_envelope.backend import EnvelopeS3Backend
 from support.apps import MakeApp, backend_of
-from support.s3 import S3Endpoint, count_requests, fresh_bucket
+from support.s3 import S3Endpoint, count_requests, error_response, fresh_bucket
 
 HOLD_TIMEOUT = 30.0
 
@@ -285,6 +285,30 @@ def test_a_bucket_that_ignores_if_none_match_is_detected_and_celerys_flow_used(
     backend._cache.clear()
     assert backend.get_task_meta("t")["result"] == "done"
     assert backend.get_task_meta("new")["result"] == "progress"
+
+
+def test_a_probe_the_bucket_refuses_leaves_celerys_flow(
+    backend: EnvelopeS3Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No right to write the probe's key (a policy limited to Celery's keys): store_result still
+    works, by Celery's read-then-write flow, and says why once."""
+
+    def deny_probe(request: Any, **_: Any) -> Any:
+        if ".envelope-probe-" in request.url:
+            return error_response(request, 403, "AccessDenied", "AccessDenied (simulated)")
+        return None
+
+    client = backend.store.client
+    client.meta.events.register_first("before-send.s3.PutObject", deny_probe)
+    with caplog.at_level(logging.WARNING, logger=backend_module.__name__):
+        backend.store_result("t", "done", states.SUCCESS)
+        with count_requests(client) as second:
+            backend.store_result("u", "done too", states.SUCCESS)
+    assert "could not probe" in caplog.text and "AccessDenied" in caplog.text
+    assert caplog.text.count("could not probe") == 1  # not probed again
+    assert second.conditional == ["GET", "PUT"]
+    backend._cache.clear()
+    assert backend.get_task_meta("t")["result"] == "done"
 
 
 def test_on_a_versioned_bucket_a_success_stays_on_every_server(

@@ -30,7 +30,7 @@ from celery.utils.log import get_logger  # type: ignore[import-untyped]
 from kombu.exceptions import KombuError
 
 from .envelope import is_envelope
-from .errors import EnvelopeError, NotAnEnvelope
+from .errors import EnvelopeError, NotAnEnvelope, error_code
 from .keyring import Keyring
 from .kms import KmsError
 from .lifecycle import EXPIRY_TAG  # written when result_failure_expires is set
@@ -413,7 +413,22 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
             known = _CONDITIONAL.get(scope)
             if known is None:
                 probe = self._object_key(f".envelope-probe-{uuid.uuid4().hex}")
-                known = _CONDITIONAL[scope] = self.store.honours_create_only(probe)
+                try:
+                    known = self.store.honours_create_only(probe)
+                except (ClientError, BotoCoreError) as exc:
+                    # No right to write or delete that key, or S3 unreachable: Celery's flow,
+                    # as before this probe existed; probed again next time if it may pass then.
+                    logger.warning(
+                        "could not probe s3://%s/%s for conditional writes (%s): storing "
+                        "results by a read and an unconditional write",
+                        self.bucket_name,
+                        self.base_path,
+                        error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__,
+                    )
+                    if not is_transient(exc):
+                        _CONDITIONAL[scope] = False
+                    return False
+                _CONDITIONAL[scope] = known
                 if not known:
                     logger.warning(
                         "s3://%s/%s does not honour If-None-Match (Ceph RGW 16 on a versioned "
