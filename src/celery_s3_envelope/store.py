@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from urllib.parse import urlencode
 import boto3
 from botocore.config import Config
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 DELETE_BATCH_SIZE = 1000
 """DeleteObjects takes at most 1,000 keys a request."""
+PROBE_DELETE_ATTEMPTS = 6
 
 MISSING_KEY_CODES = frozenset({"NoSuchKey", "404"})
 CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
@@ -250,20 +253,20 @@ class S3Store:
         create-only twice, the second refused (412) when honoured; then deleted, with every
         version the probe made where the bucket keeps versions. Ceph RGW 16 on a versioned
         bucket lets both writes through (docs/compatibility.md). 3 requests (5 on a versioned
-        bucket)."""
+        bucket). A refusal of the *first* write can only meet an earlier attempt of that same
+        write (a response lost, botocore's retry refused): the condition was honoured."""
         made: list[str | None] = []
-        honoured = True
         try:
-            made.append(self._put_probe(key))
-            try:
-                made.append(self._put_probe(key))
-                honoured = False
-            except ClientError as exc:
-                if not is_write_conflict(exc):
+            for _ in range(2):
+                try:
+                    made.append(self._put_probe(key))
+                except ClientError as exc:
+                    if is_write_conflict(exc):
+                        return True
                     raise
+            return False
         finally:
             self._delete_probe(key, made)
-        return honoured
 
     def _put_probe(self, key: str) -> str | None:
         response = self.client.put_object(
@@ -274,15 +277,25 @@ class S3Store:
         return response.get("VersionId")
 
     def _delete_probe(self, key: str, versions: list[str | None]) -> None:
-        try:
-            kept = [v for v in versions if v and v != "null"]
-            if not kept:
-                self.client.delete_object(Bucket=self.bucket, Key=key)
-            for version in kept:
-                self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
-        except ClientError as exc:
-            code = error_code(exc)
-            logger.warning("could not delete the probe s3://%s/%s: %s", self.bucket, key, code)
+        """Delete the probe (each version it made, where versions are kept); transient errors
+        are tried again, up to ``PROBE_DELETE_ATTEMPTS`` times, so that no empty object is left
+        in the bucket; one that is left is logged."""
+        kept = [v for v in versions if v and v != "null"]
+        targets: list[dict[str, str]] = [{"VersionId": v} for v in kept] or [{}]
+        for target in targets:
+            for attempt in range(PROBE_DELETE_ATTEMPTS):
+                try:
+                    self.client.delete_object(Bucket=self.bucket, Key=key, **target)  # type: ignore[arg-type]
+                    break
+                except (ClientError, BotoCoreError) as exc:
+                    if attempt + 1 < PROBE_DELETE_ATTEMPTS and is_transient(exc):
+                        time.sleep(0.05 * 2**attempt)
+                        continue
+                    code = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
+                    logger.warning(
+                        "could not delete the probe s3://%s/%s: %s", self.bucket, key, code
+                    )
+                    return
 
     def lifecycle_rules(self) -> list[dict[str, Any]]:
         """The bucket's lifecycle rules as S3 returns them (``[]`` when it has none)."""
