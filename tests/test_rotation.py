@@ -19,6 +19,7 @@ from celery_s3_envelope.store import S3Store
 from support.keys import two_keyrings
 from support.kms import CountingKms, fake_keyring
 from support.results import value
+from support.s3 import S3Endpoint
 
 PREFIX = "celery/"
 KEY = "celery-task-meta-6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b"
@@ -276,13 +277,13 @@ def test_rotation_counts_a_kms_throttle_as_a_failure_and_keeps_going(store: S3St
     assert report.counts["scanned"] == 5 and report.counts[Outcome.FAILED.value] == 5
 
 
-def test_rotation_keeps_the_objects_server_side_encryption(store: S3Store, bucket: str) -> None:
+def test_rotation_keeps_the_objects_server_side_encryption(
+    store: S3Store, bucket: str, s3_endpoint: S3Endpoint
+) -> None:
     k1, both = two_keyrings()
     key = "celery/celery-task-meta-sse"
-    kms_arn = os.environ.get(  # Ceph RGW's test KMS knows only the keys it was given
-        "S3_TEST_SSE_KMS_KEY_ID",
-        "arn:aws:kms:us-east-1:000000000000:key/11111111-2222-3333-4444-555555555555",
-    )
+    kms_arn = s3_endpoint.sse_kms_key_id  # Ceph RGW's and SeaweedFS's KMS know only their keys
+    assert kms_arn is not None, "S3_TEST_SSE_KMS_KEY_ID: a key id this server accepts for SSE-KMS"
     store.client.put_object(
         Bucket=bucket,
         Key=key,

@@ -15,6 +15,7 @@ import random
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +30,7 @@ from celery.utils.log import get_logger  # type: ignore[import-untyped]
 from kombu.exceptions import KombuError
 
 from .envelope import is_envelope
-from .errors import EnvelopeError, NotAnEnvelope, UnknownKey
+from .errors import EnvelopeError, NotAnEnvelope, UnknownKey, error_code
 from .keyring import Keyring
 from .kms import KmsError
 from .lifecycle import EXPIRY_TAG  # written when result_failure_expires is set
@@ -67,6 +68,15 @@ INCR_MEMORY = 256
 INCR_BACKOFF_START = 0.01
 INCR_BACKOFF_MAX = 0.5
 CLEANUP_READ_BATCH = 256
+STORE_MAX_ATTEMPTS = 64
+"""Conditional writes of one store_result before it gives up (each lost race costs a read)."""
+
+STORE_MEMORY = 1024
+"""Results in progress whose ETag a backend remembers (``_wrote``)."""
+
+_CONDITIONAL: dict[tuple[str | None, str, str], bool] = {}
+"""Per process: whether a bucket (endpoint, bucket, base path) honours If-None-Match."""
+_CONDITIONAL_LOCK = threading.Lock()
 
 _plaintext_warned_pid: int | None = None
 _plaintext_lock = threading.Lock()
@@ -148,7 +158,7 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         # "lifecycle": a bucket rule expires results (`lifecycle apply`); Celery's beat then does
         # not schedule its daily celery.backend_cleanup task for this backend.
         self.supports_autoexpire = expiry == "lifecycle"
-        self._storing = threading.local()
+        self._written: OrderedDict[str, str] = OrderedDict()  # object key -> ETag we wrote
         install_redaction(self.app)  # envelope_redact: values out of the worker's logs/events
 
     @classmethod
@@ -268,7 +278,7 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         """Delete the object (one DeleteObject)."""
         self.store.delete(self._object_key(key))
 
-    # -- store_result: the previous object may not open --------------------------------------
+    # -- store_result: one conditional write in the common case ------------------------------
     def _store_result(
         self,
         task_id: str,
@@ -278,33 +288,167 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
-        """Celery's own flow; only its read of the previous result tolerates a bad object."""
-        self._storing.active = True
-        try:
-            return super()._store_result(
-                task_id, result, state, traceback, request=request, **kwargs
-            )
-        finally:
-            self._storing.active = False
+        """Celery's semantics (a SUCCESS is never overwritten), by conditional writes.
 
-    def _get_task_meta_for(self, task_id: str) -> Any:
-        if not getattr(self._storing, "active", False):
-            return super()._get_task_meta_for(task_id)
+        Write create-only (``If-None-Match: *``): one request for a new task id. Only when the
+        key exists (412), read it with its ETag; a SUCCESS there stays, anything else is
+        replaced with ``If-Match`` on that ETag, so a writer racing us (a late duplicate, a
+        lost worker) can never slip in between the read and the write; a lost race (412/409,
+        the key deleted meanwhile, or a 5xx that botocore's retries met as our own write)
+        starts again from the create-only write. Celery's own flow (read, then write
+        unconditionally) reads first every time, and a racing writer can overwrite a SUCCESS.
+
+        Where the bucket does not honour conditional writes (Ceph RGW 16 on a versioned
+        bucket: probed once per process, ``_conditional_writes_honoured``), it falls back to
+        Celery's flow, read then write, with a warning.
+        """
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = task_id.decode() if isinstance(task_id, bytes) else str(task_id)
+        object_key = self._object_key(self.get_key_for_task(task_id))
+        sealed = self._seal(object_key, self.encode(meta))
+        tags = self._tags(state)
+        if not self._conditional_writes_honoured():
+            # Celery's flow: read the previous result, keep a SUCCESS, else write over it.
+            data = self.store.get(object_key)
+            if data is None or self._previous_status(object_key, data) != states.SUCCESS:
+                self.store.put(object_key, sealed, tags=tags)
+            return result
+        remember = state != states.SUCCESS
+        ours = self._written.pop(object_key, None)
+        if ours is not None:  # what this backend wrote last (STARTED, RETRY): over it at once
+            try:
+                self._wrote(
+                    object_key,
+                    self.store.put(object_key, sealed, if_match=ours, tags=tags),
+                    remember,
+                )
+                return result
+            except (ClientError, BotoCoreError) as exc:
+                if not self._lost_race(exc):
+                    raise
+        delay = INCR_BACKOFF_START
+        jitter = random.SystemRandom()
+        for _ in range(STORE_MAX_ATTEMPTS):
+            try:
+                etag = self.store.put(object_key, sealed, if_none_match=True, tags=tags)
+                self._wrote(object_key, etag, remember)
+                return result
+            except (ClientError, BotoCoreError) as exc:
+                if not self._lost_race(exc):
+                    raise
+            current = self.store.get_with_etag(object_key)
+            if current is None:  # deleted meanwhile: create it again
+                continue
+            data, etag = current
+            if self._previous_status(object_key, data) == states.SUCCESS:
+                return result
+            try:
+                self._wrote(
+                    object_key,
+                    self.store.put(object_key, sealed, if_match=etag, tags=tags),
+                    remember,
+                )
+                return result
+            except (ClientError, BotoCoreError) as exc:
+                if not self._lost_race(exc):
+                    raise
+                if (
+                    isinstance(exc, ClientError)
+                    and is_write_conflict(exc)
+                    and self.store.refused_unchanged(object_key, etag)
+                ):
+                    # The condition held and was refused: this bucket ignores it. What we read
+                    # is no SUCCESS, so Celery's flow would write now; so do we.
+                    _CONDITIONAL[self._probe_scope()] = False
+                    logger.warning("%s: storing results without it", NOT_HONOURED)
+                    self.store.put(object_key, sealed, tags=tags)
+                    return result
+            time.sleep(jitter.uniform(0, delay))
+            delay = min(delay * 2, INCR_BACKOFF_MAX)
+        raise ClientError(
+            {"Error": {"Code": "ConditionalRequestConflict", "Message": "too much contention"}},
+            f"store_result {object_key!r} after {STORE_MAX_ATTEMPTS} attempts",
+        )
+
+    def _wrote(self, object_key: str, etag: str, remember: bool) -> None:
+        """Remember the ETag of a state this backend stored that is not final, so that the next
+        state of that task (STARTED, then SUCCESS: the same worker process) goes out as one
+        ``If-Match`` write; forgotten once used, and beyond the last ``STORE_MEMORY``."""
+        if remember:  # each OrderedDict call is atomic: no lock (none to inherit held at fork)
+            self._written[object_key] = etag
+            while len(self._written) > STORE_MEMORY:
+                try:
+                    self._written.popitem(last=False)
+                except KeyError:  # another thread emptied it meanwhile
+                    break
+
+    @staticmethod
+    def _lost_race(exc: BaseException) -> bool:
+        """A conditional write that may have lost a race, or whose outcome is unknown (a 5xx,
+        a timeout, a reset): read again and decide again."""
+        if isinstance(exc, ClientError):
+            return is_write_conflict(exc) or is_missing_key(exc) or is_transient(exc)
+        return is_transient(exc)
+
+    def _previous_status(self, object_key: str, data: bytes) -> str:
+        """The state of the result stored before ours. An object that cannot be opened counts
+        as absent (failing would make the task's result unstorable for ever), except when KMS
+        refuses or cannot be reached: that says nothing about the object, which may hold a
+        SUCCESS a late duplicate must not overwrite, so the write fails and Celery reports it."""
         try:
-            return super()._get_task_meta_for(task_id)
+            meta = self.decode(self._as_returned(self._open(object_key, data)))
         except KmsError:
-            # KMS refusing or unreachable says nothing about the object: it may hold a SUCCESS
-            # that a late duplicate must not overwrite. Fail the write; Celery reports it.
             raise
         except EnvelopeError as exc:
-            # Failing here would make the task's result unstorable for ever; the old object is
-            # unreadable anyway, so it counts as absent and the new result replaces it.
             logger.warning(
                 "previous result at %r cannot be opened (%s): writing the new result over it",
-                self._object_key(self.get_key_for_task(task_id)),
+                object_key,
                 type(exc).__name__,
             )
-            return {"status": states.PENDING, "result": None}
+            return str(states.PENDING)
+        return str(meta["status"])
+
+    def _probe_scope(self) -> tuple[str | None, str, str]:
+        return (self.endpoint_url, self.bucket_name, self.base_path)
+
+    def _conditional_writes_honoured(self) -> bool:
+        """Whether the bucket honours ``If-None-Match: *``, probed once per process (and
+        endpoint, bucket and base path) by ``S3Store.honours_create_only``."""
+        scope = self._probe_scope()
+        known = _CONDITIONAL.get(scope)
+        if known is not None:
+            return known
+        with _CONDITIONAL_LOCK:
+            known = _CONDITIONAL.get(scope)
+            if known is None:
+                probe = self._object_key(f".envelope-probe-{uuid.uuid4().hex}")
+                try:
+                    known = self.store.honours_create_only(probe)
+                except (ClientError, BotoCoreError) as exc:
+                    # No right to write or delete that key, or S3 unreachable: Celery's flow,
+                    # as before this probe existed; probed again next time if it may pass then.
+                    logger.warning(
+                        "could not probe s3://%s/%s for conditional writes (%s): storing "
+                        "results by a read and an unconditional write",
+                        self.bucket_name,
+                        self.base_path,
+                        error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__,
+                    )
+                    if not is_transient(exc):
+                        _CONDITIONAL[scope] = False
+                    return False
+                _CONDITIONAL[scope] = known
+                if not known:
+                    logger.warning(
+                        "s3://%s/%s does not honour If-None-Match (Ceph RGW 16 on a versioned "
+                        "bucket; docs/compatibility.md): store_result falls back to a read and "
+                        "an unconditional write, and a racing writer can overwrite a SUCCESS",
+                        self.bucket_name,
+                        self.base_path,
+                    )
+        return known
 
     # -- chords: a counter by conditional writes ---------------------------------------------
     def incr(self, key: str | bytes) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from urllib.parse import urlencode
 import boto3
 from botocore.config import Config
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 DELETE_BATCH_SIZE = 1000
 """DeleteObjects takes at most 1,000 keys a request."""
+PROBE_DELETE_ATTEMPTS = 6
 
 MISSING_KEY_CODES = frozenset({"NoSuchKey", "404"})
 CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
@@ -273,6 +276,55 @@ class S3Store:
         docs/compatibility.md). False when it changed or is gone: a race really was lost."""
         current = self.etag(key)
         return current is not None and current.strip('"') == etag.strip('"')
+
+    def honours_create_only(self, key: str) -> bool:
+        """Whether this bucket honours ``If-None-Match: *``: ``key`` (a fresh name) written
+        create-only twice, the second refused (412) when honoured; then deleted, with every
+        version the probe made where the bucket keeps versions. Ceph RGW 16 on a versioned
+        bucket lets both writes through (docs/compatibility.md). 3 requests (5 on a versioned
+        bucket). A refusal of the *first* write can only meet an earlier attempt of that same
+        write (a response lost, botocore's retry refused): the condition was honoured."""
+        made: list[str | None] = []
+        try:
+            for _ in range(2):
+                try:
+                    made.append(self._put_probe(key))
+                except ClientError as exc:
+                    if is_write_conflict(exc):
+                        return True
+                    raise
+            return False
+        finally:
+            self._delete_probe(key, made)
+
+    def _put_probe(self, key: str) -> str | None:
+        response = self.client.put_object(
+            **{**self.put_extra_args, "Bucket": self.bucket, "Key": key},
+            Body=b"",
+            IfNoneMatch="*",
+        )
+        return response.get("VersionId")
+
+    def _delete_probe(self, key: str, versions: list[str | None]) -> None:
+        """Delete the probe (each version it made, where versions are kept); transient errors
+        are tried again, up to ``PROBE_DELETE_ATTEMPTS`` times, so that no empty object is left
+        in the bucket; one that is left is logged."""
+        kept = [v for v in versions if v and v != "null"]
+        targets: list[dict[str, str]] = [{"VersionId": v} for v in kept] or [{}]
+        for target in targets:
+            for attempt in range(PROBE_DELETE_ATTEMPTS):
+                try:
+                    self.client.delete_object(Bucket=self.bucket, Key=key, **target)  # type: ignore[arg-type]
+                    break
+                except (ClientError, BotoCoreError) as exc:
+                    if attempt + 1 < PROBE_DELETE_ATTEMPTS and is_transient(exc):
+                        time.sleep(0.05 * 2**attempt)
+                        continue
+                    code = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
+                    logger.warning(
+                        "could not delete the probe s3://%s/%s: %s", self.bucket, key, code
+                    )
+                    return
 
     def lifecycle_rules(self) -> list[dict[str, Any]]:
         """The bucket's lifecycle rules as S3 returns them (``[]`` when it has none)."""

