@@ -15,26 +15,15 @@ from ..errors import error_code
 
 
 class Status(IntEnum):
-    OK = 0
-    DAMAGED = 1
-    USAGE = 2
-    PLAINTEXT = 3
-    RUNTIME = 4
-    INTERRUPTED = 130
+    """Every command's exit statuses (docs/cli.md, ``celery-s3-envelope --help``); when several
+    apply, the highest number wins."""
 
-
-MEANING = {
-    Status.OK: "done; nothing found",
-    Status.DAMAGED: "damaged, unverifiable or failed objects (tampered, a KEK this keyring "
-    "lacks, a write refused), or migrate's suspicious plaintext",
-    Status.USAGE: "usage or configuration error: a bad option or setting, no keyring, no bucket, "
-    "a source or prefix that matches no object",
-    Status.PLAINTEXT: "plaintext found: an object that is not an envelope",
-    Status.RUNTIME: "runtime failure: S3 or KMS unreachable, refusing or missing (no such bucket, "
-    "no credentials, nothing at the endpoint)",
-    Status.INTERRUPTED: "interrupted (Ctrl-C); the report says where to resume",
-}
-"""Every command's exit statuses (docs/cli.md); when several apply, the highest number wins."""
+    OK = 0  # done; nothing found
+    DAMAGED = 1  # damaged, unverifiable or failed objects, or migrate's suspicious plaintext
+    USAGE = 2  # usage or configuration error: an option, a setting, the keyring, no match
+    PLAINTEXT = 3  # plaintext found: an object that is not an envelope
+    RUNTIME = 4  # runtime failure: S3 or KMS unreachable, refusing or missing
+    INTERRUPTED = 130  # Ctrl-C; the report says where to resume
 
 
 class ConfigurationError(click.ClickException):
