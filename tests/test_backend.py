@@ -26,6 +26,7 @@ from celery_s3_envelope.backend import EnvelopeS3Backend
 from celery_s3_envelope.envelope import Compression, is_envelope
 from celery_s3_envelope.kek import KeyState
 from support.apps import MakeApp, backend_of
+from support.celery_features import RESULT_COMPRESSION, needs_result_compression
 from support.s3 import S3Endpoint, count_requests, missing_bucket_name, server_answers
 
 
@@ -218,12 +219,15 @@ def test_legacy_plaintext_is_read_in_migration_mode(
     assert backend.get_result("legacy-1") == "old one"
 
 
-@pytest.mark.parametrize("compression", [None, "gzip"])
+@pytest.mark.parametrize(
+    "compression", [None, pytest.param("gzip", marks=needs_result_compression)]
+)
 def test_result_compression_is_never_compressed_twice(
     make_app: MakeApp, s3_client: Any, bucket: str, compression: str | None
 ) -> None:
     backend = backend_of(make_app(result_compression=compression))
-    assert backend.compression == compression  # accepted, not ignored with a warning
+    if RESULT_COMPRESSION:  # older Celery has no compression attribute: zstd alone, as below
+        assert backend.compression == compression  # accepted, not ignored with a warning
     big = "a fairly repetitive result " * 500
     backend.store_result("big", big, states.SUCCESS)
     body = s3_client.get_object(Bucket=bucket, Key="celery-task-meta-big")["Body"].read()

@@ -20,6 +20,7 @@ from celery_s3_envelope import Keyring
 from celery_s3_envelope.backend import EnvelopeS3Backend
 from celery_s3_envelope.ops.context import backend_from_app
 from support.apps import MakeApp, backend_of
+from support.celery_features import needs_result_compression
 from support.s3 import S3Endpoint
 
 
@@ -161,6 +162,7 @@ def test_store_settings_reach_the_client(make_app: MakeApp) -> None:
     assert backend.store.put_extra_args == {"ServerSideEncryption": "AES256"}
 
 
+@needs_result_compression
 def test_celery_57_settings_are_supported_without_warnings(make_app: MakeApp) -> None:
     app = make_app(result_compression="zlib", result_failure_expires=3600)
     with warnings.catch_warnings():
@@ -168,6 +170,17 @@ def test_celery_57_settings_are_supported_without_warnings(make_app: MakeApp) ->
         backend = backend_of(app)
     assert backend.compression == "zlib"
     assert backend.failure_expires == 3600
+
+
+def test_result_failure_expires_is_read_on_every_celery(make_app: MakeApp) -> None:
+    """The backend reads ``result_failure_expires`` itself, so it applies under Celery releases
+    older than 5.7 too, which do not know the setting."""
+    app = make_app(result_failure_expires=3600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend = backend_of(app)
+    assert backend.failure_expires == 3600
+    assert backend_of(make_app(result_expires=60)).failure_expires == 60  # unset: result_expires
 
 
 def test_pickled_backend_keeps_its_url_and_settings(

@@ -1,9 +1,11 @@
-"""Expiry: ``cleanup()`` for ``result_expires`` and Celery 5.7's ``result_failure_expires``, and the
-object tag that lets a lifecycle rule tell failures apart."""
+"""Expiry: ``cleanup()`` for ``result_expires``, ``result_failure_expires`` and Celery 5.7's
+``result_chord_expires``, on every supported Celery (``make test-compat``), and the object tag that
+lets a lifecycle rule tell failures apart."""
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +15,7 @@ from celery import states
 from celery_s3_envelope.backend import EnvelopeS3Backend
 from celery_s3_envelope.lifecycle import EXPIRY_TAG
 from support.apps import MakeApp, backend_of
+from support.celery_features import needs_result_chord_expires
 from support.s3 import count_requests
 
 HOUR = 3600.0
@@ -50,6 +53,33 @@ def test_cleanup_deletes_only_expired_objects_under_the_prefix(
         backend.cleanup(now=later(2))
     assert keys(backend) == {"app/not-a-result", "elsewhere/celery-task-meta-x"}
     assert requests.methods.count("POST") == 1  # one batched DeleteObjects for all five
+
+
+def test_celerys_own_cleanup_task_deletes_expired_results(make_app: MakeApp) -> None:
+    """What Celery runs daily (``celery.backend_cleanup``, from beat) calls ``cleanup()`` with no
+    arguments: it must delete what has expired under the installed Celery, whatever its version."""
+    app = make_app(result_expires=1)
+    backend = backend_of(app)
+    store_some(backend)
+    backend.set(backend.get_key_for_group("g"), "group")
+    backend.set(backend.get_key_for_chord("g"), "3")
+    assert len(keys(backend)) == 5
+    time.sleep(2.2)  # LastModified has whole seconds: every object is now over a second old
+    outcome = app.tasks["celery.backend_cleanup"].apply()
+    assert outcome.successful(), outcome.traceback
+    assert keys(backend) == set()
+
+
+@needs_result_chord_expires
+def test_chord_counters_expire_by_result_chord_expires(make_app: MakeApp) -> None:
+    backend = backend_of(make_app(result_expires=HOUR, result_chord_expires=5 * HOUR))
+    backend.store_result("ok", "fine", states.SUCCESS)
+    backend.set(backend.get_key_for_group("g"), "group")
+    backend.set(backend.get_key_for_chord("g"), "3")
+    backend.cleanup(now=later(2))
+    assert keys(backend) == {"chord-unlock-g"}
+    backend.cleanup(now=later(6))
+    assert keys(backend) == set()
 
 
 @pytest.mark.parametrize(

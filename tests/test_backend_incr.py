@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from celery import states
+from celery.app.task import Context
 
 from celery_s3_envelope import Keyring, inspect, unseal
 from celery_s3_envelope.backend import EnvelopeS3Backend
+from support.apps import MakeApp, backend_of
 from support.faults import faults
 from support.s3 import count_requests, missing_bucket_name
 
@@ -93,3 +96,32 @@ def test_incr_reads_a_counter_written_by_an_older_release(
     object_key = key.decode() if isinstance(key, bytes) else key
     backend.store.put(object_key, backend._seal(object_key, "7"))
     assert backend.incr(key) == 8
+
+
+def test_the_last_chord_part_sends_the_callback_and_removes_the_chord_state(
+    make_app: MakeApp,
+) -> None:
+    """Celery's own ``on_chord_part_return``, as a worker runs it after each header task, on the
+    installed Celery (``make test-compat``): the last part joins the header, sends the callback,
+    and deletes the saved group and the counter (Celery 5.3 through ``backend.client.delete``)."""
+    app = make_app(broker_url="memory://")
+    backend = backend_of(app)
+    callback = app.signature("tests.collect").freeze()
+    parts = [app.AsyncResult(f"part-{n}") for n in range(3)]
+    backend.apply_chord(("group-1", parts), callback)
+    for n, part in enumerate(parts):
+        backend.store_result(part.id, n * 10, states.SUCCESS)
+        request = Context(id=part.id, group="group-1", chord=dict(app.signature("tests.collect",
+                          options={"task_id": callback.id}, chord_size=3)))  # fmt: skip
+        backend.on_chord_part_return(request, states.SUCCESS, n * 10)
+    assert app.AsyncResult(callback.id).state == states.PENDING  # not failed with a ChordError
+    with app.connection_for_read() as connection:
+        queue = connection.SimpleQueue("celery")
+        sent = queue.get(timeout=5)
+        sent.ack()
+        queue.close()
+    assert sent.headers["id"] == callback.id
+    assert sent.payload[0] == [[0, 10, 20]]  # the header's results, in order
+    assert {info.key for info in backend.store.list()} == {
+        f"celery-task-meta-part-{n}" for n in range(3)
+    }

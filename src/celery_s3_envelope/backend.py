@@ -57,10 +57,16 @@ __all__ = ["EnvelopeS3Backend"]
 
 logger = get_logger(__name__)
 
-COMPRESSED_PAYLOAD_MAGIC: bytes = getattr(
-    celery_base, "COMPRESSED_PAYLOAD_MAGIC", b"\x00celery-compressed\x00"
+# Features of newer Celery releases, detected rather than assumed (docs/backend.md, "Celery
+# versions"): the backend runs on every Celery from 5.3 on.
+COMPRESSED_PAYLOAD_MAGIC: bytes | None = getattr(celery_base, "COMPRESSED_PAYLOAD_MAGIC", None)
+"""Celery 5.7's in-band marker of a ``result_compression`` payload (already compressed);
+``None`` under a Celery without ``result_compression``, which never writes one."""
+CELERY_HAS_CHORD_EXPIRES = isinstance(
+    getattr(celery_base.BaseKeyValueStoreBackend, "chord_expires", None), property
 )
-"""Celery 5.7's in-band marker of a ``result_compression`` payload: already compressed."""
+"""Celery 5.7's ``result_chord_expires`` (the ``chord_expires`` property); before it, chord
+counters expire with ``result_expires``, as Celery's own key/value backends did."""
 
 INCR_MAX_ATTEMPTS = 64
 INCR_MEMORY = 256
@@ -87,6 +93,15 @@ def _cutoff(now: datetime, expires: float | None) -> datetime | None:
     return now - timedelta(seconds=expires) if expires else None
 
 
+def _celery_compressed(value: str | bytes) -> bool:
+    """Whether ``value`` is a payload Celery's ``result_compression`` compressed."""
+    return (
+        COMPRESSED_PAYLOAD_MAGIC is not None
+        and isinstance(value, bytes)
+        and value.startswith(COMPRESSED_PAYLOAD_MAGIC)
+    )
+
+
 def _warn_plaintext_once(key: str) -> None:
     global _plaintext_warned_pid
     pid = os.getpid()
@@ -99,6 +114,16 @@ def _warn_plaintext_once(key: str) -> None:
         "this process will not warn again. Turn it off once the migration is done.",
         key,
     )
+
+
+class _ChordStateClient:
+    """``EnvelopeS3Backend.client``: the one call Celery 5.3 makes on it, ``delete(key)``."""
+
+    def __init__(self, backend: EnvelopeS3Backend) -> None:
+        self._backend = backend
+
+    def delete(self, key: str | bytes) -> None:
+        self._backend.delete(key)
 
 
 # -- the backend -------------------------------------------------------------------------------
@@ -207,7 +232,7 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
     def _seal(self, object_key: str, value: str | bytes) -> bytes:
         data = value if isinstance(value, str) else bytes(value)
         # Celery's result_compression payloads are compressed already: zstd would only cost.
-        compress = not (isinstance(data, bytes) and data.startswith(COMPRESSED_PAYLOAD_MAGIC))
+        compress = not _celery_compressed(data)
         return self.pipeline.seal(data, key=object_key, keyring=self.keyring, compress=compress)
 
     def _open(self, object_key: str, data: bytes) -> str | bytes:
@@ -240,7 +265,7 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
             if self.content_encoding == "binary":
                 return value.encode("utf-8", "surrogatepass")
             return value
-        if self.content_encoding == "binary" or value.startswith(COMPRESSED_PAYLOAD_MAGIC):
+        if self.content_encoding == "binary" or _celery_compressed(value):
             return value
         return value.decode("utf-8")
 
@@ -519,6 +544,21 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
             return int(state["n"]), [list(entry) for entry in state.get("recent", [])]
         return int(text), []
 
+    @property
+    def chord_counter_expires(self) -> float | None:
+        """Seconds a chord counter is kept: Celery's ``chord_expires`` where it has one (5.7 and
+        later: ``result_chord_expires``, else ``result_expires``), ``result_expires`` before."""
+        if CELERY_HAS_CHORD_EXPIRES:
+            return self.chord_expires  # type: ignore[no-any-return]
+        return self.expires  # type: ignore[no-any-return]
+
+    @property
+    def client(self) -> _ChordStateClient:
+        """For Celery 5.3 only, whose ``on_chord_part_return`` deletes a finished chord's counter
+        with ``backend.client.delete(key)`` (Celery 5.4 and later call ``backend.delete``).
+        Not an S3 client: that is ``store.client``."""
+        return _ChordStateClient(self)
+
     def expire(self, key: str | bytes, value: Any) -> None:
         """S3 has no per-object TTL: expiry is ``cleanup``'s job (or a lifecycle rule's)."""
 
@@ -528,7 +568,8 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
 
         Age is the object's LastModified against ``now``. Task results expire after
         ``result_expires``, failed ones after ``result_failure_expires`` when it is set; groups
-        after ``result_expires``, chord counters after ``result_chord_expires``.
+        after ``result_expires``, chord counters after ``result_chord_expires`` (Celery 5.7 and
+        later; ``result_expires`` under older Celery, which has no such setting).
         """
         now = now or datetime.now(UTC)
         deleted = self.store.delete_many(self._expired_keys(now))
@@ -537,7 +578,7 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
     def _expired_keys(self, now: datetime) -> Iterator[str]:
         for prefix, expires in (
             (self.group_keyprefix, self.expires),
-            (self.chord_keyprefix, self.chord_expires),
+            (self.chord_keyprefix, self.chord_counter_expires),
         ):
             cutoff = _cutoff(now, expires)
             if cutoff is not None:

@@ -14,6 +14,7 @@
 * ``distributed``: bucket contents and PUT counts for ``rotate --distributed``;
 * ``cli_app``: the app of ``celery -A support.cli_app envelope ...``;
 * ``paths``: where the tests are, for subprocesses that import these modules.
+* ``celery_features``: what the installed Celery offers, and skips for what it lacks.
 
 Subprocesses import ``support.e2e_app``, ``support.broker`` and ``support.cli_app`` by name:
 ``paths.subprocess_pythonpath`` puts the tests folder on their ``PYTHONPATH``.
