@@ -72,10 +72,6 @@ PLAINTEXT_MARKERS = ("SUCCESS", "FAILURE", PATIENT, "glucose", "ZeroDivisionErro
 """Text every result holds in clear; none may appear in any object's bytes."""
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 @dataclass
 class Demo:
     """One run; ``run`` prints the story and raises ``DemoError`` when a step fails."""
@@ -86,8 +82,21 @@ class Demo:
     _step: int = 0
     _started: float = field(default_factory=time.monotonic)
     _worker: subprocess.Popen[bytes] | None = None
+    _signalled: int | None = None
 
-    def say(self, title: str) -> None:
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signalled = signum
+        raise SystemExit(128 + signum)
+
+    def _stop_if_signalled(self) -> None:
+        """A signal's SystemExit is lost when the handler runs inside a weakref callback or a
+        finaliser ("Exception ignored in ..."): the flag it left still ends the story."""
+        if self._signalled is not None:
+            raise SystemExit(128 + self._signalled)
+
+    def say(self, title: str, *, shutdown: bool = False) -> None:
+        if not shutdown:
+            self._stop_if_signalled()
         self._step += 1
         click.echo(f"\n[{self._step}/{self.steps}] {title}")
 
@@ -100,12 +109,13 @@ class Demo:
         """The story; SIGTERM and SIGHUP end it like Ctrl-C, through the clean-up below (the
         worker runs in its own session, so nothing else would stop it)."""
         caught = (signal.SIGTERM, signal.SIGHUP)
-        previous = {signum: signal.signal(signum, _exit_on_signal) for signum in caught}
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in caught}
         try:
             self._story()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+        self._stop_if_signalled()
 
     def _story(self) -> None:
         click.echo("celery-s3-envelope demo: a Celery worker storing sealed results in S3")
@@ -123,7 +133,7 @@ class Demo:
                 self.decode_offline(work, settings, task_ids)
             finally:
                 self._step = self.steps - 1
-                self.say("shutdown")
+                self.say("shutdown", shutdown=True)
                 try:
                     if self._worker is not None:  # set as soon as it exists
                         self.stop_worker(self._worker)
