@@ -38,7 +38,7 @@ vectors: $(STAMP)
 	$(PY) scripts/make_vectors.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venvs dist build .pytest_cache .mypy_cache .ruff_cache
 
 # `make test-all`: the whole suite, the slow tier included (the 100,000-case fuzz), but not the
 # tests that start Ceph themselves (`ceph`: `make test-rgw` runs those).
@@ -67,3 +67,12 @@ test-rgw: $(STAMP)
 		export S3_TEST_SERVER_NAME=ceph-rgw; \
 	fi; \
 	$(PY) -m pytest -m "(s3 or ceph) and not slow"
+
+# `make test-compat`: the compatibility matrix (scripts/compat.sh, compat/*.txt): the backend,
+# worker and command-line tests under each Celery minor from 5.3 to 5.7, then once with every
+# dependency at its declared floor. One venv per entry under .venvs/, built once and reused while
+# pyproject.toml's dependencies and the entry's pins stay the same. About 3 minutes an entry
+# (1 to build its venv, 2 for the tests); `scripts/compat.sh celery-5.5` runs one entry.
+.PHONY: test-compat
+test-compat:
+	PYTHON=$(PYTHON) scripts/compat.sh
