@@ -68,6 +68,18 @@ test-rgw: $(STAMP)
 	fi; \
 	$(PY) -m pytest -m "(s3 or ceph) and not slow"
 
+# `make dist`: the sdist and the wheel in dist/, their metadata checked (`twine check --strict`),
+# then scripts/smoke.py: the wheel installed alone into a fresh venv in a temporary folder and
+# used there as README says, against moto's S3 server on 127.0.0.1 (seal and unseal, the backend,
+# `celery-s3-envelope decode` on a downloaded object, `celery -A smoke_app envelope inspect` and
+# `scan --verify`), with nothing of the source tree importable. About 2 minutes.
+.PHONY: dist
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
+	$(PY) scripts/smoke.py dist
+
 # `make test-compat`: the compatibility matrix (scripts/compat.sh, compat/*.txt): the backend,
 # worker and command-line tests under each Celery minor from 5.3 to 5.7, then once with every
 # dependency at its declared floor. One venv per entry under .venvs/, built once and reused while
