@@ -9,8 +9,8 @@
 # leaves everything else to the resolver (the newest); compat/lowest.txt pins every runtime
 # dependency to the floor pyproject.toml declares, and this script fails when the two disagree.
 # The environments are kept under $COMPAT_VENVS (default .venvs/, ignored by git) and rebuilt only
-# when pyproject.toml, the entry's pins or this script change; the project is installed editable,
-# with its `test` extra. Every entry runs even when one fails; a table of all of them closes the
+# when pyproject.toml's dependencies, the entry's pins, the install recipe or $PYTHON change; the
+# project is installed editable, with its `test` extra. Every entry runs even when one fails; a table of all of them closes the
 # run, and the exit status is 1 when any entry failed (to install or its tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
