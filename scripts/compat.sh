@@ -70,11 +70,12 @@ RECIPE="venv; pip install --upgrade pip; pip install --constraint PINS -e .[test
 # ^ how install() builds an environment: change it with install(), and every one is rebuilt.
 install() {  # install <entry> <venv>: a fresh environment where the entry's pins hold
     local pins=compat/$1.txt venv=$2
-    rm -rf "$venv"
-    "$PYTHON" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet --constraint "$pins" -e '.[test]'
-    "$venv/bin/python" -m pip check
+    # Called as an `if` condition, where `set -e` does not apply: each step returns on failure.
+    rm -rf "$venv" || return 1
+    "$PYTHON" -m venv "$venv" || return 1
+    "$venv/bin/python" -m pip install --quiet --upgrade pip || return 1
+    "$venv/bin/python" -m pip install --quiet --constraint "$pins" -e '.[test]' || return 1
+    "$venv/bin/python" -m pip check || return 1
     # A constraint only limits what is installed: check that each pinned package is there at its pin.
     "$venv/bin/python" - "$pins" <<'EOF'
 import sys
