@@ -70,7 +70,7 @@ test-rgw: $(STAMP)
 
 # `make dist`: the sdist and the wheel in dist/, their metadata checked (`twine check --strict`),
 # then scripts/smoke.py: the wheel installed alone into a fresh venv in a temporary folder and
-# used there as README says, against moto's S3 server on 127.0.0.1 (seal and unseal, the backend,
+# used there as README says, against a throwaway SeaweedFS on 127.0.0.1 (seal and unseal, the backend,
 # `celery-s3-envelope decode` on a downloaded object, `celery -A smoke_app envelope inspect` and
 # `scan --verify`), with nothing of the source tree importable. About 2 minutes.
 .PHONY: dist

