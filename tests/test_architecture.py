@@ -252,7 +252,8 @@ def test_the_kombu_serializer_entry_point_is_light_and_registered() -> None:
         "from celery import Celery, signals\n"
         "Celery('x', set_as_current=False)\n"
         "print(s.registry.name_to_type['envelope'])\n"
-        "print(any('celery_s3_envelope' in str(r) for r, _ in signals.before_task_publish.receivers))"
+        "receivers = signals.before_task_publish.receivers\n"
+        "print(any('celery_s3_envelope' in str(r) for r, _ in receivers))"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True

@@ -281,6 +281,35 @@ def open_message(data: bytes, keyring: Keyring, *, max_size: int | None = None) 
     return key, json.loads(text)
 
 
+def sealed_body(data: bytes) -> bytes:
+    """The sealed body inside a task message as a broker or a dead-letter dump keeps it: kombu's
+    JSON form of a message (``{"body": <base64>, "content-type": "application/x-celery-s3-envelope",
+    "properties": {"body_encoding": "base64", ...}, ...}``, as kombu's filesystem, Redis and SQS
+    transports store it); anything else (a raw sealed body included) as it is."""
+    import base64
+    import binascii
+    import json
+
+    if data[:1] != b"{":
+        return data
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(message, dict) or message.get("content-type") != CONTENT_TYPE:
+        return data
+    properties = message.get("properties")
+    body = message.get("body")
+    if not isinstance(properties, dict) or properties.get("body_encoding") != "base64":
+        return data
+    if not isinstance(body, str):
+        return data
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return data
+
+
 SERIALIZER = (encode, decode, CONTENT_TYPE, CONTENT_ENCODING)
 """What the ``kombu.serializers`` entry point ``envelope`` names: kombu calls
 ``register("envelope", *SERIALIZER)``."""
