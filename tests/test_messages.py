@@ -97,7 +97,7 @@ def test_a_result_envelope_is_not_a_task_message(app: Celery, keyring: cse.Keyri
     result = cse.seal('[["x"], {}, {}]', key="celery-task-meta-1", keyring=keyring)
     with pytest.raises(DecodeError) as refused:
         loads(result, CONTENT_TYPE, "binary", accept=[CONTENT_TYPE])
-    assert "not sealed as a task message" in str(refused.value)
+    assert "sealed for 'celery-task-meta-1' is not accepted here" in str(refused.value)
 
 
 def test_messages_in_flight_open_after_rotation(keyring: cse.Keyring) -> None:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
-from .errors import EnvelopeError, IntegrityError
+from .errors import EnvelopeError
 from .keyring import Keyring
 from .pipeline import Pipeline, inspect
 
@@ -87,13 +87,20 @@ def only_envelope(conf: Mapping[str, Any]) -> bool:
     return bool(accept) and accept <= {NAME, CONTENT_TYPE}
 
 
+_sealing_apps: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Apps seen to use the serializer (so ``message_app`` reads their configuration once)."""
+
+
 def message_app() -> Any:
     """The app whose keyring seals or opens the message at hand: the current app when it uses
     the serializer (a worker's, or one made current), else the one live app that does."""
     from celery import _state  # type: ignore[import-untyped]
 
     app = _state.get_current_app()
+    if app in _sealing_apps:  # the usual case, and the fast path: one look-up
+        return app
     if uses_envelope(app.conf):
+        _sealing_apps.add(app)
         return app
     found = [other for other in list(_state._get_active_apps()) if uses_envelope(other.conf)]
     if len(found) == 1:
@@ -124,12 +131,12 @@ class MessageSealer:
         return self.pipeline.seal(text, key=key, keyring=self.keyring)
 
     def unseal(self, data: bytes, expected: str | None) -> str | bytes:
-        """Open a message envelope; with ``expected``, only one bound to exactly that."""
+        """Open a message envelope; with ``expected``, only one bound to exactly that, else one
+        bound to any task message (never a result's S3 key)."""
         if expected is None:
-            key = inspect(data).key
-            if not is_message_binding(key):
-                raise IntegrityError("envelope was not sealed as a task message")
-            expected = key
+            return self.pipeline.unseal(
+                data, keyring=self.keyring, accept_key=is_message_binding
+            )
         return self.pipeline.unseal(data, keyring=self.keyring, key=expected)
 
 
@@ -174,6 +181,7 @@ def forget(app: Any) -> None:
     """Drop ``app``'s cached keyring (tests, and a keyring file replaced on disk)."""
     with _sealers_lock:
         _sealers.pop(app, None)
+        _sealing_apps.discard(app)
 
 
 # -- the publishing side ------------------------------------------------------------------------
@@ -273,12 +281,9 @@ def open_message(data: bytes, keyring: Keyring, *, max_size: int | None = None) 
     """Offline: (binding, body) of a sealed message body, with ``keyring`` alone."""
     import json
 
-    key = inspect(data).key
-    if not is_message_binding(key):
-        raise IntegrityError("envelope was not sealed as a task message")
     pipeline = Pipeline() if max_size is None else Pipeline(max_size=max_size)
-    text = pipeline.unseal(data, keyring=keyring, key=key)
-    return key, json.loads(text)
+    text = pipeline.unseal(data, keyring=keyring, accept_key=is_message_binding)
+    return inspect(data).key, json.loads(text)
 
 
 def sealed_body(data: bytes) -> bytes:
