@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import backend
 import codec
 import distributed
+import messages
 import operations
 import server
 from harness import Goal
@@ -27,6 +28,7 @@ SECTIONS = {
     "rotation": operations.rotation,
     "kms": operations.kms,
     "distributed": distributed.run,
+    "messages": messages.run,
 }
 
 

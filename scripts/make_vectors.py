@@ -29,6 +29,9 @@ OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors"
 CREATED = datetime(2026, 11, 25, tzinfo=UTC)
 TASK_KEY = "celery-task-meta-5f0d3c6e-2b7a-4a59-9d1e-0c8f2a6b7e41"
 OTHER_KEY = "celery-task-meta-9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+MESSAGE_KEY = "application/x-celery-s3-envelope; task=5f0d3c6e-2b7a-4a59-9d1e-0c8f2a6b7e41"
+"""A task message body's binding (``messages.binding``): the content type and the task id."""
+OTHER_MESSAGE_KEY = "application/x-celery-s3-envelope; task=9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
 
 def fixed(seed: int, size: int) -> bytes:
@@ -54,6 +57,15 @@ RESULT_JSON = json.dumps(
         "date_done": "2026-11-25T12:00:00.000000+00:00",
         "task_id": "5f0d3c6e-2b7a-4a59-9d1e-0c8f2a6b7e41",
     }
+)
+
+
+MESSAGE_JSON = json.dumps(  # Celery's protocol 2 body: [args, kwargs, embed], as kombu's JSON
+    [
+        [{"patient": 7, "ward": "cardiology", "notes": "follow-up in two weeks"}],
+        {"priority": "high", "tags": ["a", "b", "c"] * 10},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
 )
 
 
@@ -173,6 +185,9 @@ def main() -> None:
         seal_case("text from several Unicode planes", "é中😀\U000e0041\U0010fffd", seed=5),
         seal_case("sealed under a decrypt-only KEK", "older result", kek_id="k2", seed=6),
         seal_case("object key with a base path", "x", key=f"results/prod/{TASK_KEY}", seed=7),
+        seal_case(
+            "task message body (envelope serializer)", MESSAGE_JSON, key=MESSAGE_KEY, seed=11
+        ),
     ]
     base = bytes.fromhex(str(valid[1]["envelope_hex"]))
     other = bytes.fromhex(
@@ -262,6 +277,12 @@ def main() -> None:
             max_size=1024,
         ),
         invalid("zstd frame expanding past its declared size", bomb, "SizeLimitExceeded"),
+        invalid(
+            "task message body read for another task id",
+            bytes.fromhex(str(valid[-1]["envelope_hex"])),
+            "IntegrityError",
+            key=OTHER_MESSAGE_KEY,
+        ),
     ]
     keyring = {"version": 1, "keys": [e.to_dict() for e in KEYRING]}
     kms_cases = [kms_case()]

@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "redact_text": 5,
     "settings": 7,
     "redact": 8,
+    "messages": 8,
     "backend": 9,
     # the edges
     "ops": 10,
@@ -228,3 +229,33 @@ def test_the_offline_api_works_in_a_fresh_interpreter() -> None:
         "assert cse.inspect(envelope).kek_id == 'k1'"
     )
     assert not {"celery", "boto3", "botocore"} & loaded
+
+
+def test_the_kombu_serializer_entry_point_is_light_and_registered() -> None:
+    """kombu imports the ``kombu.serializers`` entry point's module while ``kombu.serialization``
+    is itself being imported (in the middle of Celery's own first import of kombu): that module
+    must import no Celery (the import would be circular and break kombu for every user) and no
+    boto3 (every kombu user would pay for it). And the serializer must be registered by the entry
+    point alone, in a process that imports nothing of ours, with Celery then imported whole."""
+    path = modules()["messages"]
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {target[1:]}"
+        for target, line, module_level in imports("messages", path)
+        if module_level and target[1:] in THIRD_PARTY_SERVICES
+    ]
+    assert not found, "\n".join(found)
+    loaded = fresh_modules("import kombu.serialization")
+    assert "celery_s3_envelope.messages" in loaded
+    assert not {"boto3", "botocore", "click"} & loaded
+    script = (
+        "import kombu.serialization as s\n"
+        "from celery import Celery, signals\n"
+        "Celery('x', set_as_current=False)\n"
+        "print(s.registry.name_to_type['envelope'])\n"
+        "receivers = signals.before_task_publish.receivers\n"
+        "print(any('celery_s3_envelope' in str(r) for r, _ in receivers))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["application/x-celery-s3-envelope", "True"]

@@ -132,3 +132,16 @@ def test_vectors_cover_every_error_class() -> None:
         "RetiredKey",
         "SizeLimitExceeded",
     }
+
+
+def test_the_task_message_vector_opens_as_a_message() -> None:
+    """The envelope serializer's body: the key field is the binding (content type and task id),
+    the payload Celery's protocol 2 body as JSON."""
+    from celery_s3_envelope.messages import TASK_BINDING, open_message
+
+    (case,) = [c for c in VALID if c["key"].startswith(TASK_BINDING)]
+    binding, body = open_message(bytes.fromhex(case["envelope_hex"]), VALID_KEYRING)
+    assert binding == case["key"] == TASK_BINDING + "5f0d3c6e-2b7a-4a59-9d1e-0c8f2a6b7e41"
+    args, kwargs, embed = body
+    assert args[0]["patient"] == 7 and kwargs["priority"] == "high" and "chord" in embed
+    assert cse.inspect(bytes.fromhex(case["envelope_hex"])).compression is Compression.ZSTD

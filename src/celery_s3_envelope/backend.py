@@ -34,6 +34,7 @@ from .errors import EnvelopeError, NotAnEnvelope, UnknownKey, error_code
 from .keyring import Keyring
 from .kms import KmsError
 from .lifecycle import EXPIRY_TAG  # written when result_failure_expires is set
+from .messages import CONTENT_TYPE as MESSAGE_CONTENT_TYPE
 from .pipeline import Pipeline
 from .redact import install as install_redaction
 from .settings import (
@@ -146,6 +147,7 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
     ) -> None:
         """``options`` (setting names) override ``app.conf``; URL values override both."""
         super().__init__(url=url, **kwargs)
+        self._accept_result_serializer(kwargs.get("accept"))
         self._options = dict(options or {})
         unknown = set(self._options) - set(SETTINGS)
         if unknown:
@@ -185,6 +187,18 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         self.supports_autoexpire = expiry == "lifecycle"
         self._written: OrderedDict[str, str] = OrderedDict()  # object key -> ETag we wrote
         install_redaction(self.app)  # envelope_redact: values out of the worker's logs/events
+
+    def _accept_result_serializer(self, accept: Any) -> None:
+        """With sealed task messages (``accept_content = ["envelope"]``) and no
+        ``result_accept_content``, results (``result_serializer``, JSON by default) are still
+        read: Celery would take ``accept_content`` for results too and refuse every one. Results
+        are sealed here, by this backend, so their serializer's content type is accepted."""
+        conf = self.app.conf
+        if accept is not None or conf.get("result_accept_content") is not None:
+            return
+        accepted: set[str] = set(getattr(self, "accept", None) or ())
+        if accepted and accepted <= {MESSAGE_CONTENT_TYPE}:
+            self.accept = accepted | {self.content_type}
 
     @classmethod
     def configured_for(cls, app: Any) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zstandard
@@ -264,10 +265,20 @@ class Pipeline:
         )
 
     @scrubbed
-    def unseal(self, envelope: bytes, *, keyring: Keyring, key: str | None = None) -> str | bytes:
-        """Open ``envelope``; with ``key``, refuse one sealed for another object key."""
+    def unseal(
+        self,
+        envelope: bytes,
+        *,
+        keyring: Keyring,
+        key: str | None = None,
+        accept_key: Callable[[str], bool] | None = None,
+    ) -> str | bytes:
+        """Open ``envelope``; with ``key``, refuse one sealed for another object key; with
+        ``accept_key``, one sealed for a key it does not accept (task messages: any task id)."""
         parts = checked_parts(envelope, key=key, max_size=self.max_size)
         header = parts.header
+        if accept_key is not None and not accept_key(header.key):
+            raise IntegrityError(f"envelope sealed for {header.key!r} is not accepted here")
         kek = keyring.for_unwrap(header.kek_id)
         plaintext = self.encrypt.open(header, parts.associated_data, parts.ciphertext, kek)
         data = self.compress.decode(plaintext, header)

@@ -75,6 +75,24 @@ def make_app(config: dict[str, Any]) -> Celery:
             "secret": secret("chord", token, len(parts)),
         }
 
+    @app.task(name="e2e.relay")
+    def relay(previous: dict[str, Any], token: str) -> dict[str, Any]:
+        # A chain's second task: its argument is the first task's result.
+        return {
+            "from": previous["secret"][-8:],
+            "secret": secret("relay", token, previous["number"]),
+        }
+
+    @app.task(name="e2e.keywords")
+    def keywords(*, number: int, token: str) -> dict[str, Any]:
+        return {"number": number, "secret": secret("keywords", token, number)}
+
+    @app.task(name="e2e.flaky", bind=True, max_retries=3)
+    def flaky(self: Any, number: int, token: str) -> dict[str, Any]:
+        if self.request.retries == 0:
+            raise self.retry(countdown=0)
+        return {"retries": self.request.retries, "secret": secret("retried", token, number)}
+
     @app.task(name="e2e.sentinel")
     def sentinel() -> str:
         return "done"

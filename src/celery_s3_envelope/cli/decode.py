@@ -22,6 +22,7 @@ import click
 from ..envelope import TAG_SIZE, Compression, EnvelopeHeader
 from ..errors import EnvelopeError, IntegrityError, NotAnEnvelope, SizeLimitExceeded
 from ..keyring import Keyring
+from ..messages import sealed_body
 from ..ops.context import Context, SettingsError
 from ..pipeline import Pipeline
 from ..pipeline import inspect as inspect_header
@@ -197,7 +198,7 @@ class Decoder:
 
     def open(self, context: Context, source: Source) -> Decoded:
         """Read, open and render one source; writes its file under ``--out``."""
-        data = read(context, source)
+        data = sealed_body(read(context, source))  # a broker's message file: its body
         with aws_errors("KMS"):  # a KMS KEK: KMS unreachable or refusing
             value = self.pipeline.unseal(data, keyring=self.keyring, key=source.key)
         record = header_record(inspect_header(data), len(data))
@@ -298,6 +299,10 @@ def decode(
     s3:// object must have been sealed for the key it is read from. s3://BUCKET/PREFIX/ (with
     the trailing slash) decodes every object under it.
 
+    A sealed task message (the envelope serializer) opens the same way: its raw body, or the
+    message as kombu's transports keep it (JSON with the body in base64, e.g. a file of the
+    filesystem transport or a dead-letter queue dump); it prints [args, kwargs, options].
+
     A source that fails (wrong key, tampered, not an envelope) prints one `Error: SOURCE:
     reason` line on stderr, the others carry on, and the exit status is 1.
 
@@ -307,6 +312,7 @@ def decode(
       aws s3 cp s3://results/celery-task-meta-4b1f - | celery-s3-envelope decode - --keyring k.json
       celery-s3-envelope decode --meta s3://results/celery-task-meta-4b1f --keyring keys.json
       celery-s3-envelope decode s3://results/celery/ --out decoded/ --keyring keys.json
+      celery-s3-envelope decode --meta dlq/1733100000_5f1c.celery.msg --keyring keys.json
     """
     if raw and as_json:
         raise click.UsageError("--raw and --json do not go together")

@@ -1,0 +1,415 @@
+"""The ``envelope`` kombu serializer: task message bodies sealed with the app's keyring.
+
+kombu loads this module through the ``kombu.serializers`` entry point (``SERIALIZER``) when
+``kombu.serialization`` is imported, in every process that uses kombu; so a user's whole set-up is
+``task_serializer = "envelope"`` and ``accept_content = ["envelope"]``. Being imported that early
+(in the middle of Celery's own first import of kombu), this module imports nothing of Celery or
+kombu at module level, not even ``celery.signals`` (that import would be circular): its signal
+receivers are connected when ``celery.signals`` is first imported (``_SignalsHook``), or at once
+when it already is.
+
+A body is JSON (kombu's, as Celery's ``json`` serializer writes it), then zstd, then the envelope
+of ``docs/format.md`` (payload kind text), under the keyring of the app that publishes it. The
+envelope's object-key field carries the *binding*: ``application/x-celery-s3-envelope; task=<id>``.
+
+* Publishing: ``before_task_publish`` hands the message's headers to the encoder (same thread,
+  same body object), which binds the seal to the task id and replaces the ``argsrepr`` and
+  ``kwargsrepr`` headers by markers (``<sealed: tuple, 24 B>``) before kombu builds the message.
+* Consuming: the worker's consumer (``install_worker``, at ``worker_init``) checks every message
+  before Celery's strategy reads it: an unsealed body (while ``accept_content`` is only
+  ``envelope``) and a sealed body that does not open for this message's task id are refused
+  through Celery's own invalid-message path (rejected, so a dead-letter queue gets them), with
+  the body withheld from the log. The pool child decodes the same bytes again; it does not see
+  the task id, and checks only that the body was sealed as a task message.
+
+``sealer_for`` is the one place that says which keyring seals and opens a message.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from .errors import EnvelopeError
+from .keyring import Keyring
+from .pipeline import Pipeline, inspect
+
+__all__ = [
+    "CONTENT_TYPE",
+    "KMS_SCOPE",
+    "NAME",
+    "SERIALIZER",
+    "binding",
+    "decode",
+    "encode",
+    "install_worker",
+    "open_message",
+    "sealer_for",
+    "uses_envelope",
+]
+
+NAME = "envelope"
+CONTENT_TYPE = "application/x-celery-s3-envelope"
+CONTENT_ENCODING = "binary"
+TASK_BINDING = CONTENT_TYPE + "; task="
+KMS_SCOPE = "celery-task-messages"
+"""The KMS encryption context's ``scope`` for message envelopes (results use ``bucket/prefix``)."""
+WITHHELD = "<withheld by the envelope serializer: {} bytes>"
+
+
+def binding(task_id: str | None) -> str:
+    """What a message envelope's object-key field holds: the content type, and the task id when
+    the encoder saw it (every message Celery publishes)."""
+    return CONTENT_TYPE if task_id is None else TASK_BINDING + task_id
+
+
+def is_message_binding(key: str) -> bool:
+    return key == CONTENT_TYPE or key.startswith(TASK_BINDING)
+
+
+# -- which app, which keyring ---------------------------------------------------------------------
+def uses_envelope(conf: Mapping[str, Any]) -> bool:
+    """The app seals its task messages or accepts sealed ones."""
+    accept = conf.get("accept_content") or ()
+    return conf.get("task_serializer") == NAME or NAME in accept or CONTENT_TYPE in accept
+
+
+def only_envelope(conf: Mapping[str, Any]) -> bool:
+    """``accept_content`` admits sealed messages and nothing else."""
+    accept = set(conf.get("accept_content") or ())
+    return bool(accept) and accept <= {NAME, CONTENT_TYPE}
+
+
+_sealing_apps: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Apps seen to use the serializer (so ``message_app`` reads their configuration once)."""
+
+
+def message_app() -> Any:
+    """The app whose keyring seals or opens the message at hand: the current app when it uses
+    the serializer (a worker's, or one made current), else the one live app that does."""
+    from celery import _state  # type: ignore[import-untyped]
+
+    app = _state.get_current_app()
+    if app in _sealing_apps:  # the usual case, and the fast path: one look-up
+        return app
+    if uses_envelope(app.conf):
+        _sealing_apps.add(app)
+        return app
+    found = [other for other in list(_state._get_active_apps()) if uses_envelope(other.conf)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise LookupError(
+            "no Celery app in this process uses the envelope serializer "
+            "(task_serializer = 'envelope' or 'envelope' in accept_content)"
+        )
+    raise LookupError(
+        f"{len(found)} Celery apps in this process use the envelope serializer and none is "
+        "current: call app.set_current() on the one that sends or receives messages"
+    )
+
+
+class MessageSealer:
+    """The keyring and pipeline of one app in one process."""
+
+    def __init__(self, keyring: Keyring, pipeline: Pipeline) -> None:
+        self.keyring = keyring
+        self.pipeline = pipeline
+        self.pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"<MessageSealer {self.keyring!r}>"
+
+    def seal(self, text: str, key: str) -> bytes:
+        return self.pipeline.seal(text, key=key, keyring=self.keyring)
+
+    def unseal(self, data: bytes, expected: str | None) -> str | bytes:
+        """Open a message envelope; with ``expected``, only one bound to exactly that, else one
+        bound to any task message (never a result's S3 key)."""
+        if expected is None:
+            return self.pipeline.unseal(
+                data, keyring=self.keyring, accept_key=is_message_binding
+            )
+        return self.pipeline.unseal(data, keyring=self.keyring, key=expected)
+
+
+def sealer_from_conf(conf: Mapping[str, Any]) -> MessageSealer:
+    """The backend's settings (``envelope_keyring``, ``envelope_kms_*``, compression, size) read
+    by the backend's own factories; KMS KEKs get the scope ``KMS_SCOPE``."""
+    from .settings import (
+        kms_provider_from_settings,
+        load_keyring,
+        pipeline_from_settings,
+        refuse_example_keys,
+        resolve_settings,
+    )
+
+    settings = resolve_settings(conf)
+    keyring = refuse_example_keys(load_keyring(settings["envelope_keyring"]), settings)
+    if keyring.uses_kms:
+        keyring = keyring.with_kms(kms_provider_from_settings(settings, KMS_SCOPE))
+    return MessageSealer(keyring, pipeline_from_settings(settings))
+
+
+_sealers: weakref.WeakKeyDictionary[Any, MessageSealer] = weakref.WeakKeyDictionary()
+_sealers_lock = threading.Lock()
+
+
+def sealer_for(app: Any, headers: Mapping[str, Any] | None = None) -> MessageSealer:
+    """Which keyring seals (and opens) a message of ``app``: one per app and per process (a
+    forked pool child builds its own). ``headers`` (the message's, when known) are unused
+    today; a per-tenant choice would plug in here."""
+    del headers
+    sealer = _sealers.get(app)
+    if sealer is not None and sealer.pid == os.getpid():
+        return sealer
+    with _sealers_lock:
+        sealer = _sealers.get(app)
+        if sealer is None or sealer.pid != os.getpid():
+            sealer = _sealers[app] = sealer_from_conf(app.conf)
+        return sealer
+
+
+def forget(app: Any) -> None:
+    """Drop ``app``'s cached keyring (tests, and a keyring file replaced on disk)."""
+    with _sealers_lock:
+        _sealers.pop(app, None)
+        _sealing_apps.discard(app)
+
+
+# -- the publishing side ------------------------------------------------------------------------
+_publishing = threading.local()
+"""The body and headers of the task message Celery is publishing on this thread."""
+
+
+def _before_publish(sender: Any = None, body: Any = None, headers: Any = None, **_: Any) -> None:
+    _publishing.current = (body, headers) if isinstance(headers, dict) else None
+
+
+def _after_publish(**_: Any) -> None:
+    _publishing.current = None
+
+
+def _connect(signals: Any) -> None:
+    signals.before_task_publish.connect(_before_publish, weak=False, dispatch_uid=__name__ + ".b")
+    signals.after_task_publish.connect(_after_publish, weak=False, dispatch_uid=__name__ + ".a")
+
+
+class _ConnectingLoader(importlib.abc.Loader):
+    """``celery.signals``' own loader, then ``_connect``."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        _connect(module)
+
+
+class _SignalsHook(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the loader of ``celery.signals``, once, then leaves."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "celery.signals":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ConnectingLoader(spec.loader)
+        return spec
+
+
+if "celery.signals" in sys.modules:
+    _connect(sys.modules["celery.signals"])
+else:
+    sys.meta_path.insert(0, _SignalsHook())
+
+
+def _redact_reprs(headers: dict[str, Any]) -> None:
+    from .redact_text import result_marker
+
+    for name in ("argsrepr", "kwargsrepr"):
+        value = headers.get(name)
+        if isinstance(value, str) and not value.startswith("<sealed: "):
+            headers[name] = result_marker(value)
+
+
+def encode(body: Any) -> bytes:
+    """kombu's encoder: JSON, then sealed; a Celery task message is bound to its task id and
+    its ``argsrepr`` / ``kwargsrepr`` headers become markers."""
+    from kombu.utils.json import dumps
+
+    current = getattr(_publishing, "current", None)
+    headers: dict[str, Any] | None = None
+    if current is not None and current[0] is body:
+        headers = current[1]
+    task_id = headers.get("id") if headers is not None else None
+    if headers is not None:
+        _redact_reprs(headers)
+    sealer = sealer_for(message_app(), headers)
+    text: str = dumps(body)  # type: ignore[no-untyped-call]
+    return sealer.seal(text, binding(task_id if isinstance(task_id, str) else None))
+
+
+_expected: ContextVar[str | None] = ContextVar("celery_s3_envelope_expected", default=None)
+"""The binding the message being checked must carry (set by the worker's check)."""
+
+
+def decode(data: bytes | bytearray | memoryview | str) -> Any:
+    """kombu's decoder: opens a message envelope sealed as a task message (bound to the task id
+    the worker's check expects, when it is the caller)."""
+    from kombu.utils.json import loads
+
+    if isinstance(data, str):  # a transport that handed the body on as text
+        data = data.encode("latin-1")
+    sealer = sealer_for(message_app())
+    return loads(sealer.unseal(bytes(data), _expected.get()))  # type: ignore[no-untyped-call]
+
+
+def open_message(data: bytes, keyring: Keyring, *, max_size: int | None = None) -> tuple[str, Any]:
+    """Offline: (binding, body) of a sealed message body, with ``keyring`` alone."""
+    import json
+
+    pipeline = Pipeline() if max_size is None else Pipeline(max_size=max_size)
+    text = pipeline.unseal(data, keyring=keyring, accept_key=is_message_binding)
+    return inspect(data).key, json.loads(text)
+
+
+def sealed_body(data: bytes) -> bytes:
+    """The sealed body inside a task message as a broker or a dead-letter dump keeps it: kombu's
+    JSON form of a message (``{"body": <base64>, "content-type": "application/x-celery-s3-envelope",
+    "properties": {"body_encoding": "base64", ...}, ...}``, as kombu's filesystem, Redis and SQS
+    transports store it); anything else (a raw sealed body included) as it is."""
+    import base64
+    import binascii
+    import json
+
+    if data[:1] != b"{":
+        return data
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(message, dict) or message.get("content-type") != CONTENT_TYPE:
+        return data
+    properties = message.get("properties")
+    body = message.get("body")
+    if not isinstance(properties, dict) or properties.get("body_encoding") != "base64":
+        return data
+    if not isinstance(body, str):
+        return data
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return data
+
+
+SERIALIZER = (encode, decode, CONTENT_TYPE, CONTENT_ENCODING)
+"""What the ``kombu.serializers`` entry point ``envelope`` names: kombu calls
+``register("envelope", *SERIALIZER)``."""
+
+
+# -- the consuming side -------------------------------------------------------------------------
+def _withhold(message: Any) -> None:
+    """Nothing of a refused message's body or argument reprs reaches Celery's log."""
+    body = message.body
+    message.body = WITHHELD.format(len(body) if body is not None else 0).encode()
+    headers = message.headers
+    if isinstance(headers, dict):
+        for name in ("argsrepr", "kwargsrepr"):
+            if name in headers:
+                headers[name] = "<withheld>"
+
+
+def _who(message: Any) -> str:
+    from celery.utils.saferepr import saferepr  # type: ignore[import-untyped]
+
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    return f"{saferepr(headers.get('task'), 200)}[{saferepr(headers.get('id'), 200)}]"
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a body did not open: the envelope's error (kombu wraps it in ``DecodeError``), whose
+    messages never hold plaintext or keys; of any other error, only its type."""
+    for found in (exc, exc.__cause__, *(exc.args[:1] if exc.args else ())):
+        if isinstance(found, EnvelopeError):
+            return f"{type(found).__name__}: {found}"
+    return type(exc).__name__
+
+
+def checked_strategy(strategy: Callable[..., Any], envelope_only: bool) -> Callable[..., Any]:
+    """``strategy`` behind the check of the worker's consumer (see the module's text)."""
+    from celery.exceptions import InvalidTaskError  # type: ignore[import-untyped]
+    from kombu.exceptions import ContentDisallowed
+
+    def check(message: Any, *args: Any, **kwargs: Any) -> Any:
+        if message.content_type != CONTENT_TYPE:
+            if envelope_only:
+                content_type = message.content_type
+                who = _who(message)
+                _withhold(message)
+                raise ContentDisallowed(
+                    f"Refusing to deserialize untrusted content of type {content_type!r} "
+                    f"(accept_content is ['envelope']): task message {who}, body withheld"
+                )
+            return strategy(message, *args, **kwargs)
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        task_id = headers.get("id")
+        token = _expected.set(binding(task_id) if isinstance(task_id, str) else TASK_BINDING)
+        try:
+            message.decode()  # cached: the strategy's message.payload reads this
+        except Exception as exc:
+            reason = _reason(exc)
+            who = _who(message)
+            _withhold(message)
+            raise InvalidTaskError(
+                f"refused a sealed task message {who}: it does not open for this message ({reason})"
+            ) from None
+        finally:
+            _expected.reset(token)
+        return strategy(message, *args, **kwargs)
+
+    check.envelope_checked = True  # type: ignore[attr-defined]
+    return check
+
+
+def _consumer_step() -> type:
+    from celery import bootsteps
+
+    class SealedMessages(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Wraps every task strategy of the consumer in ``checked_strategy``."""
+
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, c: Any) -> None:
+            envelope_only = only_envelope(c.app.conf)
+            for name, strategy in list(c.strategies.items()):
+                if not getattr(strategy, "envelope_checked", False):
+                    c.strategies[name] = checked_strategy(strategy, envelope_only)
+
+    return SealedMessages
+
+
+_installed: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def install_worker(app: Any) -> bool:
+    """At ``worker_init``: the consumer checks every task message (``checked_strategy``) when
+    ``app`` uses the serializer. True when it does."""
+    if not uses_envelope(app.conf):
+        return False
+    if app not in _installed:
+        app.steps["consumer"].add(_consumer_step())
+        _installed.add(app)
+    return True
