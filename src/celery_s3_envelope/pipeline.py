@@ -36,7 +36,7 @@ from .envelope import (
 )
 from .errors import IntegrityError, SizeLimitExceeded, UnsupportedVersion
 from .kek import KeyEntry
-from .keyring import Keyring
+from .keyring import KeySource
 from .scrub import scrubbed
 
 _SHA256 = hashes.SHA256()  # stateless: one instance serves every derivation
@@ -240,7 +240,7 @@ class Pipeline:
         value: str | bytes,
         *,
         key: str,
-        keyring: Keyring,
+        keyring: KeySource,
         compress: bool = True,
         dek: bytes | None = None,
         salt: bytes | None = None,
@@ -264,7 +264,7 @@ class Pipeline:
         )
 
     @scrubbed
-    def unseal(self, envelope: bytes, *, keyring: Keyring, key: str | None = None) -> str | bytes:
+    def unseal(self, envelope: bytes, *, keyring: KeySource, key: str | None = None) -> str | bytes:
         """Open ``envelope``; with ``key``, refuse one sealed for another object key."""
         parts = checked_parts(envelope, key=key, max_size=self.max_size)
         header = parts.header
@@ -308,7 +308,7 @@ def checked_parts(envelope: bytes, *, key: str | None, max_size: int) -> Unpacke
 
 @scrubbed
 def rewrap(
-    envelope: bytes, *, keyring: Keyring, key: str | None = None, max_size: int = DEFAULT_MAX_SIZE
+    envelope: bytes, *, keyring: KeySource, key: str | None = None, max_size: int = DEFAULT_MAX_SIZE
 ) -> bytes:
     """The same envelope with its DEK re-wrapped under the keyring's active KEK.
 
