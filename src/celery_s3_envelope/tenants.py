@@ -653,7 +653,7 @@ class TenantKeyStore:
 
 @scrubbed
 def _rewrapped(entry: LocalKey, root: KeyEntry) -> bytes:
-    material = entry._material  # noqa: SLF001 (the one place a tenant KEK is re-wrapped)
+    material = entry._material
     return _wrap_record(entry.id, material, root, entry.created)
 
 
