@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .envelope import SALT_SIZE, WrapMethod
-from .errors import InvalidTenantId, KeyringError, ShreddedKey, UnknownKey
+from .errors import IntegrityError, InvalidTenantId, KeyringError, ShreddedKey, UnknownKey
 from .kek import KEY_SIZE, KeyEntry, KeyState, LocalKey, format_time
 from .keyring import TENANT_KEK_PREFIX, Keyring
 from .scrub import scrubbed
@@ -244,7 +244,15 @@ def _unwrap_record(
         raise KeyringError(f"tenant key record of {kek_id!r}: root wrap method mismatch")
     # Unwrapped for the id it was asked for, whatever the record says: a record copied onto
     # another tenant's name fails here (IntegrityError) even with its "kek_id" field edited.
-    material = root.unwrap(record.wrapped, salt=record.salt, associated_data=_root_context(kek_id))
+    try:
+        material = root.unwrap(
+            record.wrapped, salt=record.salt, associated_data=_root_context(kek_id)
+        )
+    except IntegrityError:
+        raise IntegrityError(
+            f"the key store's record of {kek_id!r} does not open with root KEK "
+            f"{record.root_kek_id!r} as that key (moved from another tenant's name, or changed)"
+        ) from None
     if len(material) != KEY_SIZE or record.kek_id != kek_id:
         raise KeyringError(f"tenant key record of {kek_id!r} names another key")
     return LocalKey(kek_id, material, state, record.created)
