@@ -197,9 +197,7 @@ def test_swapping_two_tenants_key_records_is_refused(
         _open(_store(directory, keyring), "obj", sealed)
 
 
-def test_two_processes_creating_one_tenant_converge_on_one_key(
-    store: S3Store, bucket: str
-) -> None:
+def test_two_processes_creating_one_tenant_converge_on_one_key(store: S3Store, bucket: str) -> None:
     keyring = cse.Keyring.generate()
     objects = S3KeyObjects(store, KEY_STORE_DIR)
     stores = [_store(objects, keyring) for _ in range(8)]
@@ -245,9 +243,7 @@ def test_the_cache_is_bounded_and_expires(directory: DirectoryKeyObjects) -> Non
         _open(keys, "t9", sealed["t9"])
 
 
-def test_building_a_backend_reads_no_tenant_key(
-    make_app: Any, store: S3Store, bucket: str
-) -> None:
+def test_building_a_backend_reads_no_tenant_key(make_app: Any, store: S3Store, bucket: str) -> None:
     backend = backend_of(make_app(envelope_tenant_selector=_tenant_from_kwargs))
     with count_requests(backend.store.client) as seen:
         backend.tenant_keys.cached()
@@ -273,7 +269,9 @@ def test_shredding_deletes_every_version_of_the_key_records(
         assert record is not None
         store.put(KEY_STORE_DIR + "acme/1", record[0])
         store.delete(KEY_STORE_DIR + "acme/2")
-        versions_before = s3_client.list_object_versions(Bucket=name, Prefix=KEY_STORE_DIR + "acme/")
+        versions_before = s3_client.list_object_versions(
+            Bucket=name, Prefix=KEY_STORE_DIR + "acme/"
+        )
         assert len(versions_before.get("Versions", [])) == 3
         deleted = keys.shred("acme")
         assert deleted == 4  # three versions and one delete marker
@@ -377,9 +375,7 @@ class _Request:
 
 
 def _app(make_app: Any, **conf: Any) -> Celery:
-    return make_app(
-        s3_base_path="celery/", envelope_tenant_selector=_tenant_from_kwargs, **conf
-    )
+    return make_app(s3_base_path="celery/", envelope_tenant_selector=_tenant_from_kwargs, **conf)
 
 
 def test_the_backend_seals_under_the_selected_tenant(make_app: Any, store: S3Store) -> None:
@@ -430,7 +426,9 @@ def test_rotate_tenant_shred_and_scan(make_app: Any, store: S3Store, bucket: str
     scanned = invoke(envelope, "scan", "--verify", "--json", app=app)
     assert scanned.exit_code == 0, scanned.output  # shredded is not damage
     document = json.loads(scanned.output)
-    assert document["shredded"] == 3 and document["foreign"] == 2  # the key store: bob/1, acme/shredded
+    assert (
+        document["shredded"] == 3 and document["foreign"] == 2
+    )  # the key store: bob/1, acme/shredded
     assert document["verify"]["shredded"] == 3 and document["verify"]["failed"] == 0
     assert {t["tenant"]: t["shredded"] for t in document["tenants"]} == {
         "acme": True,
@@ -452,9 +450,7 @@ def test_commands_escape_and_refuse_hostile_tenant_ids(make_app: Any) -> None:
     assert missing.exit_code == 2 and "no tenant 'nobody'" not in missing.output
 
 
-def test_hostile_tenant_ids_read_from_a_bucket_are_escaped(
-    make_app: Any, store: S3Store
-) -> None:
+def test_hostile_tenant_ids_read_from_a_bucket_are_escaped(make_app: Any, store: S3Store) -> None:
     """A tenant folder in the key store with a bidirectional override (or C1 CSI) is never
     listed raw: not a tenant id, so not a tenant. (S3's XML cannot carry C0 controls.)"""
     app = _app(make_app)

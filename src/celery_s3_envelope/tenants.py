@@ -514,13 +514,18 @@ class TenantKeyStore:
         return len(self._keys)
 
     # -- reading ------------------------------------------------------------------------------
-    def _versions(self, tenant: str) -> list[int]:
-        versions = []
+    def _listed(self, tenant: str) -> tuple[list[int], bool]:
+        """``tenant``'s KEK versions and whether it was shredded, from one listing."""
+        versions, shredded = [], False
         for name in self.objects.names(f"{tenant}/"):
             leaf = name[len(tenant) + 1 :]
             if _VERSION.match(leaf):
                 versions.append(int(leaf))
-        return sorted(versions)
+            shredded = shredded or leaf == TOMBSTONE
+        return sorted(versions), shredded
+
+    def _versions(self, tenant: str) -> list[int]:
+        return self._listed(tenant)[0]
 
     def is_shredded(self, tenant: str) -> bool:
         return self.objects.read(f"{validate_tenant_id(tenant)}/{TOMBSTONE}") is not None
@@ -558,9 +563,9 @@ class TenantKeyStore:
         validate_tenant_id(tenant)
         kek_id = self._cached(self._active, tenant)
         if kek_id is None:
-            if self.is_shredded(tenant):
+            versions, shredded = self._listed(tenant)  # one request for a tenant's first use
+            if shredded:
                 raise self._shredded(tenant_kek_id(tenant, 1))
-            versions = self._versions(tenant)
             kek_id = tenant_kek_id(tenant, versions[-1] if versions else 1)
             if not versions:
                 self._create(tenant, 1)

@@ -52,6 +52,13 @@ class E2EFailure(ValueError):
     """What ``fail`` raises: a traceback in the result, a plaintext message in the exception."""
 
 
+def tenant_of(request: Any) -> str | None:
+    """The tenant selector of the tenant tests (``envelope_tenant_selector``): the ``tenant``
+    keyword argument, when the task has one."""
+    tenant = request.kwargs.get("tenant")
+    return None if tenant is None else str(tenant)
+
+
 def make_app(config: dict[str, Any]) -> Celery:
     app = Celery("e2e_app", set_as_current=False)
     app.conf.update(config)
@@ -74,6 +81,11 @@ def make_app(config: dict[str, Any]) -> Celery:
             "total": sum(part["number"] for part in parts),
             "secret": secret("chord", token, len(parts)),
         }
+
+    @app.task(name="e2e.tenant_echo")
+    def tenant_echo(number: int, token: str, tenant: str) -> dict[str, Any]:
+        # the tenant selector (``tenant_of``) reads ``tenant`` from the task's kwargs
+        return {"number": number, "secret": secret("result", token, number)}
 
     @app.task(name="e2e.sentinel")
     def sentinel() -> str:
