@@ -79,7 +79,7 @@ def test_shredding_one_of_1000_tenants_is_exact(
         tenant, number = sent[task_id]
         assert cse.inspect(body).kek_id == f"t/{tenant}/1"
         try:
-            meta = reader.decode(reader._open(key, body))  # noqa: SLF001 (the backend's read)
+            meta = reader.decode(reader._open(key, body))
         except ShreddedKey:
             shredded.add(task_id)
             continue
