@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "": 6,  # the package itself: the offline API
     # storage and Celery
     "store": 5,
+    "tenants": 6,  # tenant KEKs: their key store (S3 or files) and the selector
     "lifecycle": 5,
     "redact_text": 5,
     "settings": 7,

@@ -51,8 +51,11 @@ from .settings import (
     resolve_settings,
     setting_bool,
     store_from_settings,
+    tenant_selector_from_settings,
+    tenant_store_from_settings,
 )
 from .store import NOT_HONOURED, S3Store, is_missing_key, is_transient, is_write_conflict
+from .tenants import TenantKeys, TenantKeyStore, keys_for_request
 
 __all__ = ["EnvelopeS3Backend"]
 
@@ -138,6 +141,7 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
 
     store: S3Store
     keyring: Keyring
+    tenant_keys: TenantKeyStore
     pipeline: Pipeline
     bucket_name: str
     base_path: str
@@ -172,6 +176,12 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         self.store = store_from_settings(settings)
         if not self.store.has_credentials():
             raise ImproperlyConfigured("Missing aws s3 creds")
+        # Tenant KEKs (docs/tenants.md): read lazily, so every backend opens tenants' results.
+        self.tenant_keys = tenant_store_from_settings(
+            settings, self.keyring, self.store, self.base_path
+        )
+        self.tenant_selector = tenant_selector_from_settings(settings)
+        self._readers = TenantKeys(self.tenant_keys, self.keyring, None)
 
         failure_expires = conf.get("result_failure_expires")
         self.failure_expires: float | None = (
@@ -243,11 +253,17 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         text = key.decode("utf-8") if isinstance(key, bytes) else str(key)
         return self.base_path + text if self.base_path else text
 
-    def _seal(self, object_key: str, value: str | bytes) -> bytes:
+    def _seal(self, object_key: str, value: str | bytes, request: Any = None) -> bytes:
+        """Sealed under the tenant's KEK that ``envelope_tenant_selector`` picks from the task's
+        ``request``; without a request (groups, chord counters, ``set``) or a tenant, under the
+        keyring's active KEK."""
         data = value if isinstance(value, str) else bytes(value)
         # Celery's result_compression payloads are compressed already: zstd would only cost.
         compress = not _celery_compressed(data)
-        return self.pipeline.seal(data, key=object_key, keyring=self.keyring, compress=compress)
+        keys = keys_for_request(
+            request, keyring=self.keyring, store=self.tenant_keys, selector=self.tenant_selector
+        )
+        return self.pipeline.seal(data, key=object_key, keyring=keys, compress=compress)
 
     def _open(self, object_key: str, data: bytes) -> str | bytes:
         """The sealed value; a legacy plaintext object only in migration mode. A result under a
@@ -255,7 +271,7 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         Celery's own log shows only the exception's type (``envelope_redact``)."""
         if is_envelope(data):
             try:
-                return self.pipeline.unseal(data, keyring=self.keyring, key=object_key)
+                return self.pipeline.unseal(data, keyring=self._readers, key=object_key)
             except UnknownKey as exc:
                 logger.error(
                     "result %r is sealed under KEK %r, which this process cannot use: %s",
@@ -346,7 +362,7 @@ class EnvelopeS3Backend(celery_base.KeyValueStoreBackend):  # type: ignore[misc]
         )
         meta["task_id"] = task_id.decode() if isinstance(task_id, bytes) else str(task_id)
         object_key = self._object_key(self.get_key_for_task(task_id))
-        sealed = self._seal(object_key, self.encode(meta))
+        sealed = self._seal(object_key, self.encode(meta), request)
         tags = self._tags(state)
         if not self._conditional_writes_honoured():
             # Celery's flow: read the previous result, keep a SUCCESS, else write over it.

@@ -36,6 +36,16 @@ class RetiredKey(UnknownKey):
     """The KEK exists in the keyring but is retired: nothing is opened or sealed with it."""
 
 
+class ShreddedKey(UnknownKey):
+    """The envelope names a tenant KEK that was shredded (``shred --tenant``): its results can
+    never be opened again. Not damage: ``scan`` counts these apart."""
+
+
+class InvalidTenantId(EnvelopeError):
+    """A tenant id (from the tenant selector, an option or a key store) is not 1 to 64
+    characters of ``[A-Za-z0-9._-]`` starting with a letter or digit; never quoted."""
+
+
 class SizeLimitExceeded(EnvelopeError):
     """A payload is (or claims to be) larger than the configured maximum."""
 
@@ -58,9 +68,11 @@ def error_code(exc: BaseException) -> str:
 __all__ = [
     "EnvelopeError",
     "IntegrityError",
+    "InvalidTenantId",
     "KeyringError",
     "NotAnEnvelope",
     "RetiredKey",
+    "ShreddedKey",
     "SizeLimitExceeded",
     "UnknownKey",
     "UnsupportedVersion",

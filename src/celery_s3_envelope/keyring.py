@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .envelope import WrapMethod
 from .errors import KeyringError, RetiredKey, UnknownKey
@@ -31,6 +31,17 @@ from .private_file import write_private
 
 KEYRING_VERSION = 1
 DEFAULT_ENV_VAR = "CELERY_S3_ENVELOPE_KEYRING"
+TENANT_KEK_PREFIX = "t/"
+"""KEK ids starting with this name tenant KEKs (``tenants``): no keyring entry may use it."""
+
+
+class KeySource(Protocol):
+    """What the pipeline seals and opens with: a ``Keyring``, or ``tenants.TenantKeys``."""
+
+    @property
+    def active(self) -> KeyEntry: ...
+
+    def for_unwrap(self, kek_id: str) -> KeyEntry: ...
 
 
 class InsecureKeyringWarning(UserWarning):
@@ -98,6 +109,11 @@ class Keyring:
         for entry in entries:
             if entry.id in self._entries:
                 raise KeyringError(f"duplicate key id {entry.id!r} in keyring")
+            if entry.id.startswith(TENANT_KEK_PREFIX):
+                raise KeyringError(
+                    f"key id {entry.id!r}: ids starting with {TENANT_KEK_PREFIX!r} are reserved "
+                    "for tenant KEKs (docs/tenants.md)"
+                )
             self._entries[entry.id] = entry
         active = [e for e in self._entries.values() if e.state is KeyState.ACTIVE]
         if len(active) != 1:

@@ -37,7 +37,7 @@ from .envelope import (
 )
 from .errors import IntegrityError, SizeLimitExceeded, UnsupportedVersion
 from .kek import KeyEntry
-from .keyring import Keyring
+from .keyring import KeySource
 from .scrub import scrubbed
 
 _SHA256 = hashes.SHA256()  # stateless: one instance serves every derivation
@@ -241,7 +241,7 @@ class Pipeline:
         value: str | bytes,
         *,
         key: str,
-        keyring: Keyring,
+        keyring: KeySource,
         compress: bool = True,
         dek: bytes | None = None,
         salt: bytes | None = None,
@@ -269,7 +269,7 @@ class Pipeline:
         self,
         envelope: bytes,
         *,
-        keyring: Keyring,
+        keyring: KeySource,
         key: str | None = None,
         accept_key: Callable[[str], bool] | None = None,
     ) -> str | bytes:
@@ -319,7 +319,7 @@ def checked_parts(envelope: bytes, *, key: str | None, max_size: int) -> Unpacke
 
 @scrubbed
 def rewrap(
-    envelope: bytes, *, keyring: Keyring, key: str | None = None, max_size: int = DEFAULT_MAX_SIZE
+    envelope: bytes, *, keyring: KeySource, key: str | None = None, max_size: int = DEFAULT_MAX_SIZE
 ) -> bytes:
     """The same envelope with its DEK re-wrapped under the keyring's active KEK.
 

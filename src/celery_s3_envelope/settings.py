@@ -27,6 +27,21 @@ from .pipeline import (
 )
 from .scrub import clear_frames
 from .store import S3Store
+from .tenants import (
+    DEFAULT_CACHE_SECONDS as TENANT_CACHE_SECONDS,
+)
+from .tenants import (
+    DEFAULT_CACHE_SIZE as TENANT_CACHE_SIZE,
+)
+from .tenants import (
+    KEY_STORE_DIR,
+    DirectoryKeyObjects,
+    KeyObjects,
+    S3KeyObjects,
+    Selector,
+    TenantKeyStore,
+    load_selector,
+)
 
 __all__ = [
     "SCHEME",
@@ -39,6 +54,8 @@ __all__ = [
     "setting_bool",
     "settings_from_url",
     "store_from_settings",
+    "tenant_selector_from_settings",
+    "tenant_store_from_settings",
 ]
 
 SCHEME = "s3envelope"
@@ -67,6 +84,9 @@ _URL_QUERY = {
     "kms_region": "envelope_kms_region",
     "kms_cache_seconds": "envelope_kms_cache_seconds",
     "kms_cache_uses": "envelope_kms_cache_uses",
+    "tenant_keystore": "envelope_tenant_keystore",
+    "tenant_cache_size": "envelope_tenant_cache_size",
+    "tenant_cache_seconds": "envelope_tenant_cache_seconds",
 }
 SETTINGS = (
     # Celery's own S3Backend settings, same meaning:
@@ -95,6 +115,10 @@ SETTINGS = (
     "envelope_kms_region",
     "envelope_kms_cache_seconds",
     "envelope_kms_cache_uses",
+    "envelope_tenant_selector",
+    "envelope_tenant_keystore",
+    "envelope_tenant_cache_size",
+    "envelope_tenant_cache_seconds",
 )
 """Every setting the backend reads from ``app.conf`` (and accepts in ``options``)."""
 
@@ -337,4 +361,47 @@ def kms_provider_from_settings(settings: Mapping[str, Any], scope: str) -> KmsPr
             settings, "envelope_kms_cache_seconds", DEFAULT_CACHE_SECONDS, zero_ok=True
         ),
         cache_uses=setting_int(settings, "envelope_kms_cache_uses", DEFAULT_CACHE_USES, 0),
+    )
+
+
+def tenant_selector_from_settings(settings: Mapping[str, Any]) -> Selector | None:
+    """``envelope_tenant_selector``: a callable, or ``"module:callable"``; unset: None (every
+    result under the keyring's active KEK)."""
+    spec = settings.get("envelope_tenant_selector")
+    if spec is None or spec == "":
+        return None
+    try:
+        return load_selector(spec)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise ImproperlyConfigured(f"envelope_tenant_selector: {exc}") from None
+
+
+def tenant_objects_from_settings(
+    settings: Mapping[str, Any], store: S3Store, base_path: str
+) -> KeyObjects:
+    """Where tenant KEKs live (``envelope_tenant_keystore``): ``"bucket"`` (the default) in the
+    results bucket under ``<s3_base_path>.envelope-tenant-keys/``; a directory's absolute path
+    (or ``file:PATH``) for a key store in files."""
+    value = optional_str(settings, "envelope_tenant_keystore") or "bucket"
+    if value == "bucket":
+        return S3KeyObjects(store, base_path + KEY_STORE_DIR)
+    path = value[len("file:") :] if value.startswith("file:") else value
+    if not os.path.isabs(path):
+        raise ImproperlyConfigured(
+            "envelope_tenant_keystore must be 'bucket' or a directory's absolute path"
+        )
+    return DirectoryKeyObjects(path)
+
+
+def tenant_store_from_settings(
+    settings: Mapping[str, Any], keyring: Keyring, store: S3Store, base_path: str
+) -> TenantKeyStore:
+    """The tenant key store: read lazily, so building it costs no request."""
+    return TenantKeyStore(
+        tenant_objects_from_settings(settings, store, base_path),
+        keyring,
+        cache_size=setting_int(settings, "envelope_tenant_cache_size", TENANT_CACHE_SIZE, 1),
+        cache_seconds=setting_float(
+            settings, "envelope_tenant_cache_seconds", TENANT_CACHE_SECONDS, zero_ok=True
+        ),
     )

@@ -438,6 +438,42 @@ class S3Store:
             )
         return len(keys) - len(errors)
 
+    def destroy_versions(self, prefix: str, *, keep: str | None = None) -> int:
+        """Delete every object under ``prefix`` but ``keep``, and on a versioned bucket every
+        stored version of each (noncurrent versions and delete markers too), so nothing under
+        it can be restored; returns how many objects or versions were deleted. A bucket that
+        never had versioning answers ListObjectVersions with each object once (version
+        ``null``). Refusals are logged with their key and code and not counted."""
+        targets: list[dict[str, str]] = []
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]:
+                if item["Key"] == keep:
+                    continue
+                target = {"Key": item["Key"]}
+                version = item.get("VersionId")
+                if version and version != "null":
+                    target["VersionId"] = version
+                targets.append(target)
+        deleted = 0
+        for start in range(0, len(targets), DELETE_BATCH_SIZE):
+            batch = targets[start : start + DELETE_BATCH_SIZE]
+            response = self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": batch, "Quiet": True},  # type: ignore[typeddict-item]
+            )
+            errors = response.get("Errors", [])
+            for error in errors:
+                logger.warning(
+                    "could not delete s3://%s/%s (version %s): %s",
+                    self.bucket,
+                    error.get("Key"),
+                    error.get("VersionId"),
+                    error.get("Code"),
+                )
+            deleted += len(batch) - len(errors)
+        return deleted
+
     def list(
         self, prefix: str = "", *, start_after: str | None = None, page_size: int | None = None
     ) -> Iterator[ObjectInfo]:

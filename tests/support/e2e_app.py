@@ -52,6 +52,13 @@ class E2EFailure(ValueError):
     """What ``fail`` raises: a traceback in the result, a plaintext message in the exception."""
 
 
+def tenant_of(request: Any) -> str | None:
+    """The tenant selector of the tenant tests (``envelope_tenant_selector``): the ``tenant``
+    keyword argument, when the task has one."""
+    tenant = request.kwargs.get("tenant")
+    return None if tenant is None else str(tenant)
+
+
 def make_app(config: dict[str, Any]) -> Celery:
     app = Celery("e2e_app", set_as_current=False)
     app.conf.update(config)
@@ -92,6 +99,11 @@ def make_app(config: dict[str, Any]) -> Celery:
         if self.request.retries == 0:
             raise self.retry(countdown=0)
         return {"retries": self.request.retries, "secret": secret("retried", token, number)}
+
+    @app.task(name="e2e.tenant_echo")
+    def tenant_echo(number: int, token: str, tenant: str) -> dict[str, Any]:
+        # the tenant selector (``tenant_of``) reads ``tenant`` from the task's kwargs
+        return {"number": number, "secret": secret("result", token, number)}
 
     @app.task(name="e2e.sentinel")
     def sentinel() -> str:

@@ -19,6 +19,7 @@ from .demo import demo
 from .keys import keys
 from .options import CONTEXT_SETTINGS
 from .status import runtime_failure
+from .tenants import shred, tenants
 
 __all__ = ["envelope", "main"]
 
@@ -66,8 +67,11 @@ def envelope() -> None:
     """
 
 
-for _command in (decode, inspect, keys, demo, rotate, migrate, scan, lifecycle):
+for _command in (decode, inspect, keys, demo, rotate, migrate, scan, shred, lifecycle):
     envelope.add_command(_command)
+
+
+keys.add_command(tenants)
 
 
 def main() -> None:

@@ -23,9 +23,10 @@ from typing import Any
 
 import click
 
+from ..errors import EnvelopeError
 from ..keyring import Keyring
 from ..ops.context import Context, Prefix
-from ..ops.sweep import Sweep, SweepReport
+from ..ops.sweep import Sweep, SweepReport, describe_error
 from .distributed import Distributed, distributed_options
 from .options import (
     Moment,
@@ -37,8 +38,9 @@ from .options import (
     workers_option,
 )
 from .reports import interrupted, print_scan, print_sweep, with_progress
-from .status import Status
-from .terminal import safe
+from .status import ConfigurationError, Status
+from .tenants import tenant_keys_option
+from .terminal import json_text, safe
 
 
 def _target(ctx: click.Context, options: dict[str, Any]) -> tuple[Context, Prefix]:
@@ -121,6 +123,17 @@ See docs/rotation.md for the whole runbook (add key, activate, deploy, rotate, r
 @click.option("--resume-from", metavar="KEY", help="Start after this key (a report's last key).")
 @click.option("--verify", is_flag=True, help="Re-read and open every rewritten object.")
 @click.option("--reencrypt", is_flag=True, help="Seal again under a fresh data key, not a rewrap.")
+@click.option(
+    "--tenant",
+    metavar="TENANT",
+    help="Give TENANT a new KEK, then rewrap TENANT's results (and only them) under it.",
+)
+@click.option(
+    "--root",
+    is_flag=True,
+    help="Rewrap the tenant KEK records under the keyring's active KEK; no result is touched.",
+)
+@tenant_keys_option
 @distributed_options
 @json_option
 @s3_options
@@ -135,6 +148,9 @@ def rotate(
     resume_from: str | None,
     verify: bool,
     reencrypt: bool,
+    tenant: str | None,
+    root: bool,
+    tenant_keys: str | None,
     distributed: Distributed | None,
     as_json: bool,
     **options: str | None,
@@ -142,13 +158,111 @@ def rotate(
     """Re-wrap every envelope under the prefix to the keyring's active KEK.
 
     Each object is written back only if nobody changed it since it was read (If-Match): a result
-    a worker stored meanwhile is kept and counted as changed. Safe to interrupt and re-run."""
+    a worker stored meanwhile is kept and counted as changed. Safe to interrupt and re-run.
+    Results under tenant KEKs are skipped: --tenant T rotates one tenant's, --root the tenant
+    KEKs' own wrapping (docs/tenants.md)."""
     context, target = _target(ctx, options)
     with settings_errors():
         keyring = context.keyring_for(target, keyring_path)
+    if tenant is not None or root:
+        _rotate_tenants(
+            context,
+            target,
+            keyring,
+            tenant,
+            root,
+            tenant_keys,
+            distributed,
+            as_json,
+            dry_run=dry_run,
+            verify=verify,
+            reencrypt=reencrypt,
+            workers=workers,
+            limit=limit,
+            resume_from=resume_from,
+        )
+        return
     run_options = {"workers": workers, "dry_run": dry_run, "verify": verify, "reencrypt": reencrypt}
     _run_here_or_distributed(
         "rotate", context, target, keyring, run_options, distributed, as_json, limit, resume_from
+    )
+
+
+def _rotate_tenants(
+    context: Context,
+    target: Prefix,
+    keyring: Keyring,
+    tenant: str | None,
+    root: bool,
+    location: str | None,
+    distributed: Distributed | None,
+    as_json: bool,
+    **run: Any,
+) -> None:
+    """``rotate --tenant T`` (a new KEK for T, then T's results rewrapped under it) or
+    ``rotate --root`` (the key store's records rewrapped under the active KEK)."""
+    from ..ops import tenants as ops
+
+    if tenant is not None and root:
+        raise click.UsageError("--tenant and --root are separate runs: give one")
+    if distributed is not None:
+        raise click.UsageError("--tenant and --root run here, not --distributed")
+    with settings_errors():
+        keys = ops.tenant_store(context, target, keyring, location)
+        name = ops.checked_tenant(tenant) if tenant is not None else None
+    if name is None:
+        try:
+            done = keys.rewrap_root(dry_run=bool(run["dry_run"]))
+        except EnvelopeError as exc:  # a record under a root KEK this keyring lacks
+            raise ConfigurationError(f"tenant key store: {describe_error(exc)}") from None
+        document = {"key_store": keys.location, "root_kek": keyring.active.id, **vars(done)}
+        if as_json:
+            click.echo(json_text(document, indent=2))
+        else:
+            verb = "would rewrap" if run["dry_run"] else "rewrapped"
+            click.echo(
+                f"rotate --root {safe(keys.location)} -> KEK {safe(keyring.active.id)}: "
+                f"{done.listed:,} tenant KEKs, {verb} {done.rewrapped:,}, current "
+                f"{done.current:,}, changed meanwhile {done.changed:,}; no result touched"
+            )
+        return
+    known = next((info for info in keys.tenants() if info.tenant == name), None)
+    if known is not None and known.shredded:
+        click.echo(f"Error: tenant {safe(name)} was shredded: it has no KEK to rotate", err=True)
+        sys.exit(Status.USAGE)
+    if known is None:
+        click.echo(
+            f"Error: no tenant {safe(name)} in the key store {safe(keys.location)}: "
+            "check the name and --tenant-keys",
+            err=True,
+        )
+        sys.exit(Status.USAGE)
+    # A dry run or a resumed run adds no KEK: it shows, or finishes, the rewrap to the newest.
+    new_key = not run["dry_run"] and run["resume_from"] is None
+    try:
+        _, sweep = _tenant_sweep(keys, name, context, target, new_key, run)
+    except EnvelopeError as exc:  # the root KEK that wrapped the tenant's KEKs is missing
+        raise ConfigurationError(f"tenant key store: {describe_error(exc)}") from None
+    _sweep_command(sweep, target, as_json)
+
+
+def _tenant_sweep(
+    keys: Any, name: str, context: Context, target: Prefix, new_key: bool, run: dict[str, Any]
+) -> tuple[str, Any]:
+    from ..ops import tenants as ops
+
+    return ops.tenant_rotation(
+        keys,
+        name,
+        context.store(target.bucket),
+        new_key=new_key,
+        dry_run=bool(run["dry_run"]),
+        reencrypt=bool(run["reencrypt"]),
+        verify=bool(run["verify"]),
+        prefix=target.prefix,
+        workers=int(run["workers"]),
+        limit=run["limit"],
+        resume_from=run["resume_from"],
     )
 
 
@@ -229,6 +343,7 @@ Exit status 3 when any plaintext result is found (the table: celery-s3-envelope 
     is_flag=True,
     help="List every plaintext key the report keeps (the first 100), not just the first 10.",
 )
+@tenant_keys_option
 @distributed_options
 @json_option
 @s3_options
@@ -240,6 +355,7 @@ def scan(
     workers: int,
     verify: bool,
     list_plaintext: bool,
+    tenant_keys: str | None,
     distributed: Distributed | None,
     as_json: bool,
     **options: str | None,
@@ -258,10 +374,17 @@ def scan(
             reader = context.keyring(keyring_path)
         distributed.run(context, target, "verify", reader, {"workers": workers}, as_json=as_json)
         return
+    from ..ops import tenants as tenant_ops
+    from ..tenants import TenantKeys, TenantKeyStore
+
     store = context.store(target.bucket)
     try:
         with settings_errors():
             keyring = context.keyring_for(target, keyring_path) if verify else None
+            objects = tenant_ops.key_objects(context, target, tenant_keys)
+        readers = (
+            None if keyring is None else TenantKeys(TenantKeyStore(objects, keyring), keyring, None)
+        )
         report = with_progress(
             "scan",
             as_json,
@@ -274,12 +397,14 @@ def scan(
                 "verify",
                 as_json,
                 lambda progress: audit.verify(
-                    store, keyring, prefix=target.prefix, workers=workers, on_result=progress
+                    store, readers, prefix=target.prefix, workers=workers, on_result=progress
                 ),
             )
-            if keyring is not None
+            if readers is not None
             else None
         )
+        if report.by_tenant:  # which tenants were shredded: one tombstone lookup each
+            report.mark_shredded(lambda tenant: objects.read(f"{tenant}/shredded") is not None)
     except KeyboardInterrupt:
         click.echo("\ninterrupted", err=True)
         sys.exit(Status.INTERRUPTED)

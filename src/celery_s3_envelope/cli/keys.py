@@ -81,6 +81,8 @@ def keys() -> None:
     2. Deploy keys.json to every worker and reader before that time, restarting each.
     3. After that time: celery -A proj envelope rotate
     4. celery -A proj envelope rotate --dry-run: it must report 0 rewrapped and 0 failed.
+       With tenant keys (docs/tenants.md): also celery -A proj envelope rotate --root
+       (rewraps the tenant KEK records, never a result).
     5. celery-s3-envelope keys retire keys.json OLD_ID
     6. Destroy OLD_ID in every copy of the keyring and its backups (crypto-shredding).
 

@@ -49,6 +49,8 @@ def with_progress(label: str, as_json: bool, run: Callable[[Callable[[object], N
 
 DRY_RUN_LABELS = {"rewrapped": "would rewrap", "sealed": "would seal"}
 """What a dry run's text report calls what it did not do (``--json`` keeps the field names)."""
+TENANTS_SHOWN = 20
+"""Tenants a text scan lists one by one (beyond it: the shredded ones; ``--json``: all)."""
 PLAINTEXT_SHOWN = 10
 """Plaintext keys a text report lists before it summarises (``--list-plaintext``: all it kept)."""
 
@@ -121,6 +123,22 @@ def print_scan(
                 f"{group['stored_bytes']:>14,} {group['payload_bytes']:>14,}"
                 f"  {group['oldest']} / {group['newest']}"
             )
+    if document["tenants"]:
+        tenants = document["tenants"]
+        shredded = [t for t in tenants if t["shredded"]]
+        line = f"  tenants    {len(tenants):>10,}"
+        if document["shredded"] is not None:
+            line += (
+                f"   ({len(shredded):,} shredded, holding {document['shredded']:,} objects: "
+                "unreadable by design, not damaged)"
+            )
+        click.echo(line)
+        shown = tenants if len(tenants) <= TENANTS_SHOWN else shredded[:TENANTS_SHOWN]
+        for tenant in shown:
+            state = " shredded" if tenant["shredded"] else ""
+            click.echo(f"    {safe(tenant['tenant']):<24} {tenant['objects']:>10,}{state}")
+        if len(tenants) > len(shown):
+            click.echo(f"    ... {len(tenants) - len(shown):,} more tenants (--json lists all)")
     if checked is None and document["sealed"]:
         click.echo("  sealed: by header only, not authenticated (--verify opens each envelope)")
     listed = document["plaintext_keys"]
@@ -135,6 +153,7 @@ def print_scan(
         verified = document["verify"]
         click.echo(
             f"  verified {verified['verified']:,} with the keyring, {verified['failed']:,} failed"
+            + (f", {verified['shredded']:,} shredded" if verified["shredded"] else "")
         )
         for failure in verified["failures"]:
             click.echo(f"Error: {safe(failure['key'])}: {safe(failure['reason'])}", err=True)

@@ -13,6 +13,7 @@ threads. Both are the engine the local command and any distributed driver share.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -20,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from ..envelope import is_envelope, unpack
 from ..errors import EnvelopeError
-from ..keyring import Keyring
+from ..keyring import KeySource
 from ..pipeline import Pipeline, rewrap
 from ..store import ObjectInfo, S3Store
 from .rewrite import fetch_for_rewrite, refused_write, rewrite
@@ -31,19 +32,29 @@ ROTATE_OUTCOMES = (
     Outcome.CURRENT,
     Outcome.CHANGED,
     Outcome.PLAINTEXT,
+    Outcome.SKIPPED,
     Outcome.FAILED,
 )
 
 
+def not_a_tenant_kek(kek_id: str) -> bool:
+    """What a rotation of the keyring's KEKs rewraps: never a tenant's result, which would
+    move it out of its tenant's key (and out of reach of ``shred --tenant``)."""
+    from ..keyring import TENANT_KEK_PREFIX
+
+    return not kek_id.startswith(TENANT_KEK_PREFIX)
+
+
 def rotate_object(
     store: S3Store,
-    keyring: Keyring,
+    keyring: KeySource,
     info: ObjectInfo,
     *,
     dry_run: bool = False,
     reencrypt: bool = False,
     verify: bool = False,
     pipeline: Pipeline | None = None,
+    select: Callable[[str], bool] = not_a_tenant_kek,
 ) -> ObjectResult:
     """Bring one object under the active KEK with a conditional write; never raises for S3 or
     envelope errors (they become the result), so one bad object does not stop a run."""
@@ -56,6 +67,8 @@ def rotate_object(
         return ObjectResult(key, Outcome.PLAINTEXT)
     try:
         kek_id = unpack(data).header.kek_id
+        if not select(kek_id):
+            return ObjectResult(key, Outcome.SKIPPED, kek_id)
         if kek_id == keyring.active.id and not reencrypt:
             return ObjectResult(key, Outcome.CURRENT, kek_id)
         codec = pipeline or Pipeline()
@@ -77,7 +90,7 @@ def rotate_object(
 
 
 def _verified(
-    store: S3Store, keyring: Keyring, key: str, kek_id: str, pipeline: Pipeline
+    store: S3Store, keyring: KeySource, key: str, kek_id: str, pipeline: Pipeline
 ) -> ObjectResult:
     try:
         data = store.get(key)
@@ -96,12 +109,13 @@ class Rotation(Sweep[ObjectResult, SweepReport]):
     def __init__(
         self,
         store: S3Store,
-        keyring: Keyring,
+        keyring: KeySource,
         *,
         dry_run: bool = False,
         reencrypt: bool = False,
         verify: bool = False,
         pipeline: Pipeline | None = None,
+        select: Callable[[str], bool] = not_a_tenant_kek,
         **sweep_options: Any,
     ) -> None:
         step = partial(
@@ -112,6 +126,7 @@ class Rotation(Sweep[ObjectResult, SweepReport]):
             reencrypt=reencrypt,
             verify=verify,
             pipeline=pipeline or Pipeline(),
+            select=select,
         )
         report = SweepReport(
             "rotate", ROTATE_OUTCOMES, target_kek=keyring.active.id, dry_run=dry_run

@@ -29,10 +29,11 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ..envelope import PREAMBLE_SIZE, EnvelopeHeader, header_length, is_envelope, unpack
-from ..errors import EnvelopeError
-from ..keyring import Keyring
+from ..errors import EnvelopeError, ShreddedKey
+from ..keyring import KeySource
 from ..pipeline import Pipeline
 from ..store import ObjectInfo, S3Store
+from ..tenants import tenant_of_kek_id
 from .celery_keys import is_celery_result_key
 from .sweep import (
     DEFAULT_WORKERS,
@@ -41,6 +42,7 @@ from .sweep import (
     Sweep,
     SweepReport,
     describe_error,
+    is_key_store,
     is_run_state,
 )
 
@@ -122,6 +124,10 @@ class ScanReport:
     by_kek: dict[tuple[str, int], KekSummary] = field(default_factory=dict)
     plaintext_keys: list[str] = field(default_factory=list)
     foreign: list[tuple[str, str]] = field(default_factory=list)
+    by_tenant: Counter[str] = field(default_factory=Counter)
+    """Sealed objects per tenant (from well-formed tenant KEK ids, ``t/<tenant>/<n>``)."""
+    shredded_tenants: set[str] | None = None
+    """The tenants whose KEKs were shredded (``mark_shredded``); None: not looked up."""
     last_key: str | None = None
     elapsed: float = 0.0
     max_listed: int = 100
@@ -135,6 +141,9 @@ class ScanReport:
             if entry.header is not None:
                 group = (entry.header.kek_id, entry.header.version)
                 self.by_kek.setdefault(group, KekSummary()).add(entry, entry.header.payload_size)
+                tenant = tenant_of_kek_id(entry.header.kek_id)
+                if tenant is not None:
+                    self.by_tenant[tenant] += 1
             elif entry.state is State.PLAINTEXT and len(self.plaintext_keys) < self.max_listed:
                 self.plaintext_keys.append(entry.key)
             elif entry.state in (State.FOREIGN, State.UNREADABLE) and (
@@ -145,6 +154,16 @@ class ScanReport:
     @property
     def plaintext_found(self) -> bool:
         return self.counts[State.PLAINTEXT.value] > 0
+
+    def mark_shredded(self, is_shredded: Callable[[str], bool]) -> None:
+        """Look up, once per tenant seen, whether its KEKs were shredded (the key store's
+        tombstones): their objects are counted as *shredded*, apart from damaged ones."""
+        self.shredded_tenants = {tenant for tenant in self.by_tenant if is_shredded(tenant)}
+
+    @property
+    def shredded(self) -> int:
+        """Sealed objects whose tenant's KEKs were shredded."""
+        return sum(self.by_tenant[tenant] for tenant in self.shredded_tenants or ())
 
     def to_dict(self) -> dict[str, Any]:
         def when(moment: datetime | None) -> str | None:
@@ -167,6 +186,17 @@ class ScanReport:
                 }
                 for (kek_id, version), summary in sorted(self.by_kek.items())
             ],
+            "tenants": [
+                {
+                    "tenant": tenant,
+                    "objects": objects,
+                    "shredded": None
+                    if self.shredded_tenants is None
+                    else tenant in self.shredded_tenants,
+                }
+                for tenant, objects in sorted(self.by_tenant.items())
+            ],
+            "shredded": None if self.shredded_tenants is None else self.shredded,
             "plaintext_keys": self.plaintext_keys,
             "foreign_objects": [{"key": key, "reason": reason} for key, reason in self.foreign],
             "last_key": self.last_key,
@@ -197,6 +227,9 @@ def read_head(store: S3Store, key: str, size: int) -> bytes | None:
 def scan_object(store: S3Store, info: ObjectInfo, *, prefix: str = "") -> ScanEntry:
     if is_run_state(info.key, prefix):  # shown, never counted as a plaintext result
         reason = "a distributed run's state (docs/scale.md)"
+        return ScanEntry(info.key, State.FOREIGN, info.size, info.last_modified, reason=reason)
+    if is_key_store(info.key, prefix):  # wrapped tenant KEKs, never results (docs/tenants.md)
+        reason = "the tenant key store (docs/tenants.md)"
         return ScanEntry(info.key, State.FOREIGN, info.size, info.last_modified, reason=reason)
     try:
         head = read_head(store, info.key, info.size)
@@ -231,11 +264,17 @@ def scan(
 
 # -- verify ---------------------------------------------------------------------------------
 
-VERIFY_OUTCOMES = (Outcome.VERIFIED, Outcome.PLAINTEXT, Outcome.FOREIGN, Outcome.FAILED)
+VERIFY_OUTCOMES = (
+    Outcome.VERIFIED,
+    Outcome.SHREDDED,
+    Outcome.PLAINTEXT,
+    Outcome.FOREIGN,
+    Outcome.FAILED,
+)
 
 
 def verify_object(
-    store: S3Store, keyring: Keyring, pipeline: Pipeline, info: ObjectInfo
+    store: S3Store, keyring: KeySource, pipeline: Pipeline, info: ObjectInfo
 ) -> ObjectResult:
     """Open the whole object with the keyring, bound to the key it was read from."""
     try:
@@ -252,6 +291,8 @@ def verify_object(
     try:
         kek_id = unpack(data, header_only=True).header.kek_id
         pipeline.unseal(data, keyring=keyring, key=info.key)
+    except ShreddedKey:  # its tenant was shredded: unreadable by design, not damaged
+        return ObjectResult(info.key, Outcome.SHREDDED, kek_id)
     except EnvelopeError as exc:
         return ObjectResult(info.key, Outcome.FAILED, kek_id, describe_error(exc))
     except ClientError as exc:  # a KMS refusal
@@ -261,7 +302,7 @@ def verify_object(
 
 def verify(
     store: S3Store,
-    keyring: Keyring,
+    keyring: KeySource,
     *,
     prefix: str = "",
     workers: int = DEFAULT_WORKERS,

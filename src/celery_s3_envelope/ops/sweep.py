@@ -34,6 +34,16 @@ def holds_run_state(key: str) -> bool:
     return RUNS_DIR in key
 
 
+KEY_STORE_DIR = ".envelope-tenant-keys/"
+"""Where the tenant key store keeps its records in a bucket (``tenants.KEY_STORE_DIR``)."""
+
+
+def is_key_store(key: str, prefix: str) -> bool:
+    """A tenant key store's record under ``prefix``: no sweep touches it (``migrate`` must never
+    seal it, ``rotate`` never rewrap it), and ``scan`` lists it as foreign with that reason."""
+    return key.startswith(prefix + KEY_STORE_DIR)
+
+
 def is_run_state(key: str, prefix: str) -> bool:
     """A distributed run's own state document under ``prefix``: no writing command touches it,
     ``verify`` skips it, and ``scan`` lists it as foreign with that reason (never hidden)."""
@@ -50,6 +60,9 @@ class Outcome(StrEnum):
     FOREIGN = "foreign"  # neither an envelope nor a Celery result: untouched
     FAILED = "failed"  # could not be opened or written: listed with the reason
     SUSPICIOUS = "suspicious"  # migrate: plaintext newer than the cutoff, not sealed: listed
+    SKIPPED = "skipped"  # rotate: under a KEK this run leaves alone (another tenant's, or a
+    # tenant's when the run rotates the keyring's KEKs)
+    SHREDDED = "shredded"  # scan --verify: its tenant's KEK was shredded (not damage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +195,9 @@ class Sweep(Generic[R, Rep]):
             listing = self.store.list(self.prefix, start_after=self.resume_from)
         count = 0
         for info in listing:
-            if self.skip_run_state and is_run_state(info.key, self.prefix):
+            if self.skip_run_state and (
+                is_run_state(info.key, self.prefix) or is_key_store(info.key, self.prefix)
+            ):
                 continue
             if self.limit is not None and count >= self.limit:
                 return

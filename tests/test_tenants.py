@@ -1,0 +1,463 @@
+"""Per-tenant KEKs (docs/tenants.md): ids, the key store's bindings, creation races, shredding,
+root rotation, both roots (local and KMS), the backend's selector and the commands."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+import celery_s3_envelope as cse
+from celery_s3_envelope.backend import EnvelopeS3Backend
+from celery_s3_envelope.cli import envelope
+from celery_s3_envelope.envelope import pack_parts, unpack
+from celery_s3_envelope.errors import (
+    IntegrityError,
+    InvalidTenantId,
+    KeyringError,
+    ShreddedKey,
+    UnknownKey,
+)
+from celery_s3_envelope.kek import KeyState
+from celery_s3_envelope.kms import KmsKey, KmsProvider
+from celery_s3_envelope.pipeline import Pipeline
+from celery_s3_envelope.store import S3Store
+from celery_s3_envelope.tenants import (
+    KEY_STORE_DIR,
+    DirectoryKeyObjects,
+    KeyObjects,
+    S3KeyObjects,
+    TaskRequest,
+    TenantKeys,
+    TenantKeyStore,
+    keys_for_request,
+    parse_tenant_kek_id,
+    tenant_kek_id,
+    validate_tenant_id,
+)
+from support.apps import backend_of
+from support.cli import invoke
+from support.kms import kms_key_arn
+from support.s3 import count_requests, fresh_bucket
+
+PIPELINE = Pipeline()
+
+HOSTILE_IDS: list[Any] = [
+    "",
+    "a" * 65,
+    "x" * 100_000,
+    "../etc",
+    "a/b",
+    "..",
+    ".hidden",
+    "-flag",
+    "acme\x1b[31m",
+    "acme\n",
+    "acme\x00",
+    "ac\u202eme",
+    "acmé",
+    "acme\udcff",
+    b"acme",
+    b"\xff\xfe",
+    None,
+    42,
+]
+
+
+def _store(objects: KeyObjects, keyring: cse.Keyring, **options: Any) -> TenantKeyStore:
+    return TenantKeyStore(objects, keyring, **options)
+
+
+def _seal(keys: TenantKeyStore, tenant: str | None, key: str, value: str = "v") -> bytes:
+    return PIPELINE.seal(value, key=key, keyring=TenantKeys(keys, keys.keyring, tenant))
+
+
+def _open(keys: TenantKeyStore, key: str, data: bytes) -> str | bytes:
+    return PIPELINE.unseal(data, keyring=TenantKeys(keys, keys.keyring, None), key=key)
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> DirectoryKeyObjects:
+    return DirectoryKeyObjects(tmp_path / "tenant-keys")
+
+
+# -- tenant ids are untrusted -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_IDS, ids=range(len(HOSTILE_IDS)))
+def test_hostile_tenant_ids_are_refused_without_being_quoted(hostile: Any) -> None:
+    with pytest.raises(InvalidTenantId) as caught:
+        validate_tenant_id(hostile)
+    message = str(caught.value)
+    assert len(message) < 200
+    if isinstance(hostile, str) and hostile:
+        assert hostile not in message
+
+
+def test_valid_tenant_ids_make_bounded_kek_ids() -> None:
+    longest = "A" * 64
+    assert validate_tenant_id("acme-eu.1_x") == "acme-eu.1_x"
+    kek_id = tenant_kek_id(longest, 999_999_999)
+    assert len(kek_id.encode()) <= 255 and parse_tenant_kek_id(kek_id) == (longest, 999_999_999)
+
+
+@pytest.mark.parametrize(
+    "forged", ["t/../../etc/passwd/1", "t/acme/0", "t/acme/01", "t/acme/x", "t/acme", "t//1"]
+)
+def test_a_forged_tenant_kek_id_in_a_header_never_reaches_the_store(
+    directory: DirectoryKeyObjects, forged: str
+) -> None:
+    """A header's KEK id is untrusted: only a well-formed one is looked up."""
+    keyring = cse.Keyring.generate()
+    keys = _store(directory, keyring)
+    sealed = _seal(keys, "acme", "obj")
+    parts = unpack(sealed)
+    header = parts.header
+    relabelled = pack_parts(
+        bytes(parts.associated_data[5:]),
+        header.wrap_method,
+        forged.encode(),
+        header.wrap_body,
+        bytes(parts.ciphertext),
+    )
+    reads: list[str] = []
+    original = directory.read
+    directory.read = lambda name: reads.append(name) or original(name)  # type: ignore[method-assign]
+    with pytest.raises(UnknownKey) as caught:
+        _open(keys, "obj", relabelled)
+    assert not isinstance(caught.value, ShreddedKey)
+    assert reads == []
+
+
+def test_the_keyring_refuses_ids_in_the_tenant_namespace() -> None:
+    with pytest.raises(KeyringError, match="reserved"):
+        cse.Keyring.generate("t/acme/1")
+
+
+def test_a_selector_returning_a_hostile_id_fails_the_seal(directory: DirectoryKeyObjects) -> None:
+    keyring = cse.Keyring.generate()
+    keys = _store(directory, keyring)
+    for hostile in ("../x", "a" * 1000, "\x1b]0;pwn\x07", b"\xff"):
+        with pytest.raises(InvalidTenantId):
+            keys_for_request(
+                TaskRequest(kwargs={"t": hostile}),
+                keyring=keyring,
+                store=keys,
+                selector=lambda request: request.kwargs["t"],
+            )
+    assert list(directory.names()) == []
+
+
+# -- the store's bindings -------------------------------------------------------------------------
+
+
+def test_an_envelope_relabelled_to_another_tenant_is_refused(
+    directory: DirectoryKeyObjects,
+) -> None:
+    keyring = cse.Keyring.generate()
+    keys = _store(directory, keyring)
+    sealed = _seal(keys, "alice", "obj")
+    _seal(keys, "bob", "other")  # bob's KEK exists: the relabelled slot names a real key
+    parts = unpack(sealed)
+    header = parts.header
+    assert header.kek_id == "t/alice/1"
+    relabelled = pack_parts(
+        bytes(parts.associated_data[5:]),
+        header.wrap_method,
+        b"t/bob/1",
+        header.wrap_body,
+        bytes(parts.ciphertext),
+    )
+    with pytest.raises(IntegrityError):
+        _open(_store(directory, keyring), "obj", relabelled)
+    assert _open(_store(directory, keyring), "obj", sealed) == "v"
+
+
+@pytest.mark.parametrize("edit_field", [False, True], ids=["copied", "copied-and-edited"])
+def test_swapping_two_tenants_key_records_is_refused(
+    directory: DirectoryKeyObjects, edit_field: bool
+) -> None:
+    """The root wrap is bound to the tenant KEK's id: a record under another tenant's name does
+    not open, even with its ``kek_id`` field rewritten to match."""
+    keyring = cse.Keyring.generate()
+    keys = _store(directory, keyring)
+    sealed = _seal(keys, "bob", "obj")
+    _seal(keys, "alice", "other")
+    alice = directory.read("alice/1")
+    assert alice is not None
+    record = json.loads(alice[0])
+    if edit_field:
+        record["kek_id"] = "t/bob/1"
+    directory.put("bob/1", json.dumps(record).encode())
+    with pytest.raises(IntegrityError, match="does not open with root KEK"):
+        _open(_store(directory, keyring), "obj", sealed)
+
+
+def test_two_processes_creating_one_tenant_converge_on_one_key(store: S3Store, bucket: str) -> None:
+    keyring = cse.Keyring.generate()
+    objects = S3KeyObjects(store, KEY_STORE_DIR)
+    stores = [_store(objects, keyring) for _ in range(8)]
+    barrier = threading.Barrier(len(stores))
+    sealed: dict[int, bytes] = {}
+
+    def create(i: int) -> None:
+        barrier.wait()
+        sealed[i] = _seal(stores[i], "acme", f"obj-{i}")
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert list(objects.names()) == ["acme/1"]
+    for i, data in sealed.items():  # every writer sealed under the one key the store holds
+        assert _open(_store(objects, keyring), f"obj-{i}", data) == "v"
+
+
+def test_the_directory_store_converges_too(directory: DirectoryKeyObjects) -> None:
+    keyring = cse.Keyring.generate()
+    first, second = _store(directory, keyring), _store(directory, keyring)
+    first_key = first.active("acme")
+    assert second._create("acme", 1) is False
+    assert second.active("acme").to_dict()["key"] == first_key.to_dict()["key"]
+
+
+# -- the cache: lazy and bounded ----------------------------------------------------------------
+
+
+def test_the_cache_is_bounded_and_expires(directory: DirectoryKeyObjects) -> None:
+    keyring = cse.Keyring.generate()
+    now = [0.0]
+    keys = _store(directory, keyring, cache_size=3, cache_seconds=10, clock=lambda: now[0])
+    sealed = {tenant: _seal(keys, tenant, tenant) for tenant in (f"t{i}" for i in range(10))}
+    assert keys.cached() == 3
+    other = _store(directory, keyring)
+    other.shred("t9")
+    assert _open(keys, "t9", sealed["t9"]) == "v"  # cached: the bound docs/tenants.md names
+    now[0] = 11.0
+    with pytest.raises(ShreddedKey):
+        _open(keys, "t9", sealed["t9"])
+
+
+def test_building_a_backend_reads_no_tenant_key(make_app: Any, store: S3Store, bucket: str) -> None:
+    backend = backend_of(make_app(envelope_tenant_selector=_tenant_from_kwargs))
+    with count_requests(backend.store.client) as seen:
+        backend.tenant_keys.cached()
+    assert len(seen) == 0 and backend.tenant_keys.cached() == 0
+
+
+# -- shredding ------------------------------------------------------------------------------------
+
+
+def test_shredding_deletes_every_version_of_the_key_records(
+    s3_endpoint: Any, s3_client: Any
+) -> None:
+    with fresh_bucket(s3_client, versioned=True) as name:
+        store = s3_endpoint.store(name)
+        keyring = cse.Keyring.generate()
+        objects = S3KeyObjects(store, KEY_STORE_DIR)
+        keys = _store(objects, keyring)
+        sealed = _seal(keys, "acme", "a")
+        keys.new_version("acme")
+        keep = _seal(keys, "bob", "b")
+        # a noncurrent version and a delete marker of acme's records, as a careless copy leaves
+        record = objects.read("acme/1")
+        assert record is not None
+        store.put(KEY_STORE_DIR + "acme/1", record[0])
+        store.delete(KEY_STORE_DIR + "acme/2")
+        versions_before = s3_client.list_object_versions(
+            Bucket=name, Prefix=KEY_STORE_DIR + "acme/"
+        )
+        assert len(versions_before.get("Versions", [])) == 3
+        deleted = keys.shred("acme")
+        assert deleted == 4  # three versions and one delete marker
+        left = s3_client.list_object_versions(Bucket=name, Prefix=KEY_STORE_DIR + "acme/")
+        assert [v["Key"] for v in left.get("Versions", [])] == [KEY_STORE_DIR + "acme/shredded"]
+        assert not left.get("DeleteMarkers")
+        fresh = _store(objects, keyring)
+        with pytest.raises(ShreddedKey):
+            _open(fresh, "a", sealed)
+        with pytest.raises(ShreddedKey):  # a shredded tenant id is never reused
+            _seal(fresh, "acme", "again")
+        assert _open(fresh, "b", keep) == "v"
+
+
+def test_an_unknown_tenant_key_is_unknown_not_shredded(directory: DirectoryKeyObjects) -> None:
+    keyring = cse.Keyring.generate()
+    sealed = _seal(_store(directory, keyring), "acme", "a")
+    (directory.root / "acme" / "1.json").unlink()  # lost, not shredded
+    with pytest.raises(UnknownKey) as caught:
+        _open(_store(directory, keyring), "a", sealed)
+    assert not isinstance(caught.value, ShreddedKey)
+
+
+# -- the root: rotation and KMS -----------------------------------------------------------------
+
+
+def test_root_rotation_rewraps_tenant_keys_only(store: S3Store, bucket: str) -> None:
+    k1 = cse.Keyring.generate("k1")
+    objects = S3KeyObjects(store, "celery/" + KEY_STORE_DIR)
+    keys = _store(objects, k1)
+    tenants = [f"tenant-{i}" for i in range(12)]
+    results = {}
+    for tenant in tenants:
+        key = f"celery/celery-task-meta-{tenant}"
+        results[key] = _seal(keys, tenant, key)
+        store.put(key, results[key])
+    k2 = k1.with_entry(cse.LocalKey("k2", b"\x02" * 32, KeyState.ACTIVE), activate=True)
+    rotated = _store(objects, k2)
+    with count_requests(store.client) as seen:
+        done = rotated.rewrap_root()
+    assert (done.listed, done.rewrapped, done.current) == (12, 12, 0)
+    assert seen.methods.count("GET") == 1 + 12  # one listing page, one read per record
+    assert seen.methods.count("PUT") == 12
+    assert len(seen) == 25
+    assert all("/celery-task-meta-" not in url for _, url in seen.sent)  # no result touched
+    assert all("If-Match" in c for c in seen.conditional if c.startswith("PUT"))
+    k2_only = cse.Keyring([cse.LocalKey("k2", b"\x02" * 32, KeyState.ACTIVE)])
+    for key, data in results.items():  # the old root is gone: tenant results still open
+        assert store.get(key) == data
+        assert _open(_store(objects, k2_only), key, data) == "v"
+    assert rotated.rewrap_root().current == 12
+
+
+def test_a_kms_root_wraps_and_opens_tenant_keys(
+    kms_endpoint: str, directory: DirectoryKeyObjects
+) -> None:
+    provider = KmsProvider(
+        endpoint_url=kms_endpoint,
+        region="us-east-1",
+        access_key_id="testing",
+        secret_access_key="testing",
+        scope="bucket/celery/",
+    )
+    arn = kms_key_arn(kms_endpoint)
+    keyring = cse.Keyring([KmsKey("kms-root", arn, KeyState.ACTIVE)]).with_kms(provider)
+    keys = _store(directory, keyring)
+    sealed = _seal(keys, "acme", "obj")
+    record = directory.read("acme/1")
+    assert record is not None and json.loads(record[0])["root_method"] == "kms"
+    reader_provider = KmsProvider(
+        endpoint_url=kms_endpoint,
+        region="us-east-1",
+        access_key_id="testing",
+        secret_access_key="testing",
+    )
+    reader = cse.Keyring([KmsKey("kms-root", arn, KeyState.ACTIVE)]).with_kms(reader_provider)
+    assert _open(_store(directory, reader), "obj", sealed) == "v"
+    other_arn = kms_key_arn(kms_endpoint)  # another KMS key under the same KEK id: refused
+    wrong = cse.Keyring([KmsKey("kms-root", other_arn, KeyState.ACTIVE)]).with_kms(reader_provider)
+    with pytest.raises(cse.EnvelopeError):
+        _open(_store(directory, wrong), "obj", sealed)
+    _store(directory, reader).shred("acme")
+    with pytest.raises(ShreddedKey):
+        _open(_store(directory, reader), "obj", sealed)
+
+
+# -- the backend and the commands ---------------------------------------------------------------
+
+
+def _tenant_from_kwargs(request: TaskRequest) -> str | None:
+    tenant = request.kwargs.get("tenant")
+    return None if tenant is None else str(tenant)
+
+
+class _Request:
+    def __init__(self, tenant: str | None) -> None:
+        self.task = "proj.work"
+        self.headers: dict[str, Any] = {}
+        self.kwargs = {} if tenant is None else {"tenant": tenant}
+        self.id = "x"
+
+
+def _app(make_app: Any, **conf: Any) -> Celery:
+    return make_app(s3_base_path="celery/", envelope_tenant_selector=_tenant_from_kwargs, **conf)
+
+
+def test_the_backend_seals_under_the_selected_tenant(make_app: Any, store: S3Store) -> None:
+    backend: EnvelopeS3Backend = backend_of(_app(make_app))
+    backend.store_result("t-acme", {"n": 1}, "SUCCESS", request=_Request("acme"))
+    backend.store_result("t-none", {"n": 2}, "SUCCESS", request=_Request(None))
+    backend.store_result("t-bare", {"n": 3}, "SUCCESS")
+    kek = {
+        task: cse.inspect(store.get(f"celery/celery-task-meta-{task}") or b"").kek_id
+        for task in ("t-acme", "t-none", "t-bare")
+    }
+    assert kek == {"t-acme": "t/acme/1", "t-none": "k1", "t-bare": "k1"}
+    reader = backend_of(make_app(s3_base_path="celery/"))  # no selector: opens them all
+    assert reader.get_task_meta("t-acme")["result"] == {"n": 1}
+    assert reader.get_task_meta("t-none")["result"] == {"n": 2}
+
+
+def test_rotate_tenant_shred_and_scan(make_app: Any, store: S3Store, bucket: str) -> None:
+    app = _app(make_app)
+    backend: EnvelopeS3Backend = backend_of(app)
+    for tenant in ("acme", "bob"):
+        for i in range(3):
+            backend.store_result(f"{tenant}-{i}", i, "SUCCESS", request=_Request(tenant))
+    backend.store_result("plain", 0, "SUCCESS")
+
+    done = invoke(envelope, "rotate", "--tenant", "acme", "--json", app=app)
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert (report["rewrapped"], report["skipped"], report["target_kek"]) == (3, 4, "t/acme/2")
+    plain = invoke(envelope, "rotate", "--json", app=app)  # the keyring's rotation: tenants kept
+    assert json.loads(plain.output)["skipped"] == 6
+
+    listed = invoke(envelope, "keys", "tenants", "--json", app=app)
+    assert listed.exit_code == 0, listed.output
+    rows = {row["tenant"]: row for row in json.loads(listed.output)["tenants"]}
+    assert rows["acme"]["kek_versions"] == [1, 2] and rows["acme"]["results"] == 3
+    assert rows["bob"]["active_kek"] == "t/bob/1"
+
+    refused = invoke(envelope, "shred", "--tenant", "acme", app=app)
+    assert refused.exit_code == 2 and "--yes" in refused.output
+    shredded = invoke(envelope, "shred", "--tenant", "acme", "--yes", app=app)
+    assert shredded.exit_code == 0, shredded.output
+    backend.tenant_keys.forget("acme")
+    with pytest.raises(ShreddedKey):
+        backend.get_task_meta("acme-0")
+    assert backend.get_task_meta("bob-0")["result"] == 0
+
+    scanned = invoke(envelope, "scan", "--verify", "--json", app=app)
+    assert scanned.exit_code == 0, scanned.output  # shredded is not damage
+    document = json.loads(scanned.output)
+    assert (
+        document["shredded"] == 3 and document["foreign"] == 2
+    )  # the key store: bob/1, acme/shredded
+    assert document["verify"]["shredded"] == 3 and document["verify"]["failed"] == 0
+    assert {t["tenant"]: t["shredded"] for t in document["tenants"]} == {
+        "acme": True,
+        "bob": False,
+    }
+    text = invoke(envelope, "scan", app=app)
+    assert "1 shredded, holding 3 objects" in text.output
+
+
+def test_commands_escape_and_refuse_hostile_tenant_ids(make_app: Any) -> None:
+    app = _app(make_app)
+    for hostile in ("\x1b[2J\x1b[31mroot", "../../x", "a" * 500):
+        for args in (("shred", "--tenant", hostile, "--yes"), ("rotate", "--tenant", hostile)):
+            result = invoke(envelope, *args, app=app)
+            assert result.exit_code == 2
+            assert "\x1b" not in result.output and hostile not in result.output
+            assert len(result.output.splitlines()) == 1
+    missing = invoke(envelope, "shred", "--tenant", "nobody", "--yes", app=app)
+    assert missing.exit_code == 2 and "no tenant 'nobody'" not in missing.output
+
+
+def test_hostile_tenant_ids_read_from_a_bucket_are_escaped(make_app: Any, store: S3Store) -> None:
+    """A tenant folder in the key store with a bidirectional override (or C1 CSI) is never
+    listed raw: not a tenant id, so not a tenant. (S3's XML cannot carry C0 controls.)"""
+    app = _app(make_app)
+    store.put(f"celery/{KEY_STORE_DIR}ev\u202eil/1", b"{}")
+    store.put(f"celery/{KEY_STORE_DIR}ev\x9bil/1", b"{}")
+    backend_of(app).store_result("a", 1, "SUCCESS", request=_Request("acme"))
+    listed = invoke(envelope, "keys", "tenants", app=app)
+    assert listed.exit_code == 0, listed.output
+    assert "\u202e" not in listed.output and "\x9b" not in listed.output
+    assert "acme" in listed.output
