@@ -246,3 +246,44 @@ def test_decode_opens_a_sealed_body_and_a_broker_message_file(
         args, kwargs, _ = json.loads(result.stdout)
         assert (args, kwargs) == ([SECRET, 0], {"card": SECRET})
         assert f"sealed for  {CONTENT_TYPE}; task={task_id}" in result.stderr
+
+
+def tenant_of(request: Any) -> str | None:
+    tenant = request.kwargs.get("tenant")
+    return None if tenant is None else str(tenant)
+
+
+def test_the_tenant_selector_picks_each_messages_kek(keyring: cse.Keyring, tmp_path: Any) -> None:
+    """``envelope_tenant_selector`` chooses a message's KEK as it does a result's (docs/tenants.md):
+    each tenant's messages open under its own KEK only, and a message with no tenant stays under
+    the keyring's active KEK. Shredding the tenant makes its messages in flight unreadable."""
+    from celery_s3_envelope.errors import ShreddedKey
+    from celery_s3_envelope.tenants import tenant_kek_id
+
+    app = envelope_app(
+        keyring,
+        envelope_tenant_selector=tenant_of,
+        envelope_tenant_keystore=str(tmp_path / "tenant-keys"),
+    )
+    with current(app), Connection(app.conf.broker_url) as connection:
+        queue = connection.SimpleQueue("celery", no_ack=True, accept=[CONTENT_TYPE])
+        for tenant in ("acme", "globex", None):
+            kwargs = {"card": SECRET} if tenant is None else {"card": SECRET, "tenant": tenant}
+            app.send_task("t", args=(SECRET,), kwargs=kwargs)
+        acme, globex, nobody = (queue.get(timeout=5) for _ in range(3))
+        queue.close()
+        assert cse.inspect(acme.body).kek_id == tenant_kek_id("acme", 1)
+        assert cse.inspect(globex.body).kek_id == tenant_kek_id("globex", 1)
+        assert cse.inspect(nobody.body).kek_id == keyring.active.id
+        for message in (acme, globex, nobody):
+            assert SECRET.encode() not in message.body
+            assert message.decode()[1]["card"] == SECRET
+        with pytest.raises(cse.UnknownKey):  # the keyring alone does not open a tenant's message
+            cse.unseal(acme.body, keyring=keyring)
+        sealer = sealer_for(app)
+        assert sealer.tenants is not None
+        sealer.tenants.shred("acme")
+        with pytest.raises(DecodeError) as refused:
+            loads(acme.body, CONTENT_TYPE, "binary", accept=[CONTENT_TYPE])
+        assert isinstance(refused.value.args[0], ShreddedKey)
+        assert globex.decode()[1]["tenant"] == "globex"

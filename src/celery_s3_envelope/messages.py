@@ -40,6 +40,7 @@ from typing import Any
 from .errors import EnvelopeError
 from .keyring import Keyring
 from .pipeline import Pipeline, inspect
+from .tenants import Selector, TenantKeys, TenantKeyStore, keys_for_request
 
 __all__ = [
     "CONTENT_TYPE",
@@ -117,27 +118,39 @@ def message_app() -> Any:
 
 
 class MessageSealer:
-    """The keyring and pipeline of one app in one process."""
+    """The keyring, tenant key store and pipeline of one app in one process."""
 
-    def __init__(self, keyring: Keyring, pipeline: Pipeline) -> None:
+    def __init__(
+        self,
+        keyring: Keyring,
+        pipeline: Pipeline,
+        tenants: TenantKeyStore | None = None,
+        selector: Selector | None = None,
+    ) -> None:
         self.keyring = keyring
         self.pipeline = pipeline
+        self.tenants = tenants
+        self.selector = selector
+        self.readers = TenantKeys(tenants, keyring, None)
         self.pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"<MessageSealer {self.keyring!r}>"
 
-    def seal(self, text: str, key: str) -> bytes:
-        return self.pipeline.seal(text, key=key, keyring=self.keyring)
+    def seal(self, text: str, key: str, request: Any = None) -> bytes:
+        """Sealed under the KEK of the tenant ``envelope_tenant_selector`` picks for ``request``
+        (the message's task name, headers and kwargs), else the keyring's active KEK."""
+        keys = keys_for_request(
+            request, keyring=self.keyring, store=self.tenants, selector=self.selector
+        )
+        return self.pipeline.seal(text, key=key, keyring=keys)
 
     def unseal(self, data: bytes, expected: str | None) -> str | bytes:
         """Open a message envelope; with ``expected``, only one bound to exactly that, else one
         bound to any task message (never a result's S3 key)."""
         if expected is None:
-            return self.pipeline.unseal(
-                data, keyring=self.keyring, accept_key=is_message_binding
-            )
-        return self.pipeline.unseal(data, keyring=self.keyring, key=expected)
+            return self.pipeline.unseal(data, keyring=self.readers, accept_key=is_message_binding)
+        return self.pipeline.unseal(data, keyring=self.readers, key=expected)
 
 
 def sealer_from_conf(conf: Mapping[str, Any]) -> MessageSealer:
@@ -149,13 +162,23 @@ def sealer_from_conf(conf: Mapping[str, Any]) -> MessageSealer:
         pipeline_from_settings,
         refuse_example_keys,
         resolve_settings,
+        store_from_settings,
+        tenant_selector_from_settings,
+        tenant_store_from_settings,
     )
 
     settings = resolve_settings(conf)
     keyring = refuse_example_keys(load_keyring(settings["envelope_keyring"]), settings)
     if keyring.uses_kms:
         keyring = keyring.with_kms(kms_provider_from_settings(settings, KMS_SCOPE))
-    return MessageSealer(keyring, pipeline_from_settings(settings))
+    selector = tenant_selector_from_settings(settings)
+    tenants = None
+    if selector is not None or settings.get("envelope_tenant_keystore"):
+        # the results' key store (docs/tenants.md): a tenant's messages and results share its KEK
+        tenants = tenant_store_from_settings(
+            settings, keyring, store_from_settings(settings), str(settings["s3_base_path"] or "")
+        )
+    return MessageSealer(keyring, pipeline_from_settings(settings), tenants, selector)
 
 
 _sealers: weakref.WeakKeyDictionary[Any, MessageSealer] = weakref.WeakKeyDictionary()
@@ -164,8 +187,8 @@ _sealers_lock = threading.Lock()
 
 def sealer_for(app: Any, headers: Mapping[str, Any] | None = None) -> MessageSealer:
     """Which keyring seals (and opens) a message of ``app``: one per app and per process (a
-    forked pool child builds its own). ``headers`` (the message's, when known) are unused
-    today; a per-tenant choice would plug in here."""
+    forked pool child builds its own). ``headers`` are unused: the tenant is chosen per
+    message, in ``MessageSealer.seal``."""
     del headers
     sealer = _sealers.get(app)
     if sealer is not None and sealer.pid == os.getpid():
@@ -259,7 +282,23 @@ def encode(body: Any) -> bytes:
         _redact_reprs(headers)
     sealer = sealer_for(message_app(), headers)
     text: str = dumps(body)  # type: ignore[no-untyped-call]
-    return sealer.seal(text, binding(task_id if isinstance(task_id, str) else None))
+    key = binding(task_id if isinstance(task_id, str) else None)
+    return sealer.seal(text, key, _request_of(body, headers))
+
+
+def _request_of(body: Any, headers: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the tenant selector sees of a task message (protocol 2: the body is ``(args,
+    kwargs, embed)``): its task name and id, headers and kwargs, as a result's request shows them.
+    None for anything that is not a task message Celery is publishing."""
+    if headers is None:
+        return None
+    kwargs = body[1] if isinstance(body, list | tuple) and len(body) == 3 else None
+    return {
+        "task": headers.get("task"),
+        "id": headers.get("id"),
+        "headers": headers,
+        "kwargs": kwargs if isinstance(kwargs, dict) else {},
+    }
 
 
 _expected: ContextVar[str | None] = ContextVar("celery_s3_envelope_expected", default=None)
