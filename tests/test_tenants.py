@@ -461,3 +461,30 @@ def test_hostile_tenant_ids_read_from_a_bucket_are_escaped(make_app: Any, store:
     assert listed.exit_code == 0, listed.output
     assert "\u202e" not in listed.output and "\x9b" not in listed.output
     assert "acme" in listed.output
+
+
+def test_decode_opens_a_tenants_result_offline_with_a_copy_of_the_key_store(
+    make_app: Any, store: S3Store, keyring_file: Path, tmp_path: Path
+) -> None:
+    """Years later, offline: the object's file, the keyring and a copy of the tenant key store in
+    files (``--tenant-keys DIR``) open a tenant's result; the keyring alone says what is missing
+    in one line; after the tenant is shredded the result reads as shredded, not damaged."""
+    keys_dir = tmp_path / "tenant-keys"
+    app = _app(make_app, envelope_tenant_keystore=str(keys_dir))
+    backend_of(app).store_result("t-acme", {"card": "4111"}, "SUCCESS", request=_Request("acme"))
+    sealed = tmp_path / "celery-task-meta-t-acme"
+    sealed.write_bytes(store.get("celery/celery-task-meta-t-acme") or b"")
+
+    alone = invoke(envelope, "decode", sealed, "--keyring", keyring_file)
+    assert alone.exit_code == 1 and "4111" not in alone.output
+    assert len(alone.stderr.splitlines()) == 1 and "t/acme/1" in alone.stderr
+
+    opened = invoke(
+        envelope, "decode", sealed, "--keyring", keyring_file, "--tenant-keys", keys_dir
+    )
+    assert opened.exit_code == 0, opened.output
+    assert json.loads(opened.stdout)["result"] == {"card": "4111"}
+
+    TenantKeyStore(DirectoryKeyObjects(keys_dir), cse.Keyring.from_file(keyring_file)).shred("acme")
+    gone = invoke(envelope, "decode", sealed, "--keyring", keyring_file, "--tenant-keys", keys_dir)
+    assert gone.exit_code == 1 and "shredded" in gone.stderr and "4111" not in gone.output

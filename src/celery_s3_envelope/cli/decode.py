@@ -21,7 +21,7 @@ import click
 
 from ..envelope import TAG_SIZE, Compression, EnvelopeHeader
 from ..errors import EnvelopeError, IntegrityError, NotAnEnvelope, SizeLimitExceeded
-from ..keyring import Keyring
+from ..keyring import Keyring, KeySource
 from ..messages import sealed_body
 from ..ops.context import Context, SettingsError
 from ..pipeline import Pipeline
@@ -30,6 +30,7 @@ from ..private_file import write_private
 from .options import CONTEXT_SETTINGS, context_of, keyring_option, s3_options, settings_errors
 from .sources import Source, SourceError, aws_errors, read, read_header, sources_of
 from .status import ConfigurationError, Status
+from .tenants import tenant_keys_option
 from .terminal import json_text, safe, safe_text
 
 T = TypeVar("T")
@@ -186,7 +187,7 @@ class Decoded:
 class Decoder:
     """``decode``'s output options, and the sources it has opened so far."""
 
-    keyring: Keyring
+    keyring: KeySource
     raw: bool = False
     meta: bool = False
     as_json: bool = False
@@ -270,6 +271,7 @@ class Decoder:
 )
 @click.argument("sources", nargs=-1, metavar="[SOURCE]...")
 @keyring_option
+@tenant_keys_option
 @click.option("--raw", is_flag=True, help="Write the exact stored bytes, not pretty JSON.")
 @click.option("--meta", is_flag=True, help="Also show the header: KEK id, sealed-for key, sizes.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per source (JSON Lines).")
@@ -286,6 +288,7 @@ def decode(
     /,
     sources: tuple[str, ...],
     keyring_path: Path | None,
+    tenant_keys: str | None,
     raw: bool,
     meta: bool,
     as_json: bool,
@@ -302,6 +305,10 @@ def decode(
     A sealed task message (the envelope serializer) opens the same way: its raw body, or the
     message as kombu's transports keep it (JSON with the body in base64, e.g. a file of the
     filesystem transport or a dead-letter queue dump); it prints [args, kwargs, options].
+
+    A value sealed under a tenant's KEK (docs/tenants.md) also needs the tenant key store:
+    --tenant-keys DIR (a copy of it in files), or --tenant-keys bucket with --bucket/--prefix;
+    run as `celery -A proj envelope decode`, the app's key store is used.
 
     A source that fails (wrong key, tampered, not an envelope) prints one `Error: SOURCE:
     reason` line on stderr, the others carry on, and the exit status is 1.
@@ -320,6 +327,7 @@ def decode(
     fail = Failures(as_json)
     with settings_errors():
         keyring = context.keyring(keyring_path)
+        keys = _with_tenant_keys(context, keyring, tenant_keys)
     items = sources_of(context, sources, fail)
     if raw and out is None and len(items) > 1:
         raise click.UsageError("--raw with several sources needs --out DIR")
@@ -328,7 +336,7 @@ def decode(
             out.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigurationError(f"cannot create {out}: {exc.strerror or exc}") from None
-    decoder = Decoder(keyring, raw=raw, meta=meta, as_json=as_json, out=out, many=len(items) > 1)
+    decoder = Decoder(keys, raw=raw, meta=meta, as_json=as_json, out=out, many=len(items) > 1)
     with _progress(items, "decoding", stdout_busy=True) as bar:
         for source in bar:
             try:
@@ -338,6 +346,18 @@ def decode(
                 continue
             decoder.emit(decoded)
     ctx.exit(fail.status)
+
+
+def _with_tenant_keys(context: Context, keyring: Keyring, location: str | None) -> KeySource:
+    """The keyring, plus the tenant key store when one is named (``--tenant-keys``) or the
+    Celery app has one: tenant KEKs are read from it lazily, only for a tenant's value."""
+    from ..ops.tenants import tenant_store
+    from ..tenants import TenantKeys
+
+    if location is None and (context.app is None or context.options.bucket is not None):
+        return keyring
+    store = tenant_store(context, context.default_prefix(), keyring, location)
+    return TenantKeys(store, keyring, None)
 
 
 # -- inspect ----------------------------------------------------------------------------------

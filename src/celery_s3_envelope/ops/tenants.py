@@ -31,12 +31,14 @@ from .scan import ScanReport, scan
 BUCKET = "bucket"
 
 
-def key_objects(context: Context, target: Prefix, location: str | None) -> KeyObjects:
+def key_objects(context: Context, target: Prefix | None, location: str | None) -> KeyObjects:
     """Where the tenant KEKs are: ``location`` (``bucket`` or a directory), else the app's
     ``envelope_tenant_keystore``, else the target bucket's default folder."""
     if location is None and context.app is not None and context.options.bucket is None:
         return context.backend().tenant_keys.objects
     if location is None or location == BUCKET:
+        if target is None:
+            raise SettingsError("the tenant key store is in a bucket: which one? pass --bucket")
         return S3KeyObjects(context.store(target.bucket), target.prefix + KEY_STORE_DIR)
     path = location[len("file:") :] if location.startswith("file:") else location
     import os
@@ -47,7 +49,7 @@ def key_objects(context: Context, target: Prefix, location: str | None) -> KeyOb
 
 
 def tenant_store(
-    context: Context, target: Prefix, keyring: Keyring, location: str | None
+    context: Context, target: Prefix | None, keyring: Keyring, location: str | None
 ) -> TenantKeyStore:
     """The key store a command reads and writes, rooted in ``keyring``; no cache across
     calls (a command must see what the store holds now)."""
