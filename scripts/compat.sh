@@ -18,13 +18,15 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENVS=${COMPAT_VENVS:-.venvs}
 # The Celery-facing tests: the backend's contract, the real worker (prefork, threads, solo), the
-# redaction hooks inside Celery, and both command lines (`celery-s3-envelope`, `celery envelope`).
+# redaction hooks inside Celery, both command lines (`celery-s3-envelope`, `celery envelope`), the
+# envelope serializer (kombu's registry, Celery's publish signals and consumer), and tenant keys.
 TESTS=(
     tests/test_backend.py tests/test_backend_config.py tests/test_backend_expiry.py
     tests/test_backend_incr.py tests/test_lifecycle.py
     tests/test_worker_round_trip.py tests/test_redact_worker.py tests/test_redact.py
     tests/test_cli.py tests/test_cli_keys.py tests/test_cli_ops.py tests/test_cli_s3.py
     tests/test_cli_demo.py
+    tests/test_messages.py tests/test_messages_worker.py tests/test_tenants.py
 )
 
 if [ "$#" -gt 0 ]; then
