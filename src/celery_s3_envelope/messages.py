@@ -225,6 +225,12 @@ def _connect(signals: Any) -> None:
     signals.after_task_publish.connect(_after_publish, weak=False, dispatch_uid=__name__ + ".a")
 
 
+def _complete(signals: Any) -> bool:
+    """``celery.signals`` has finished importing (``after_task_publish`` is defined after
+    ``before_task_publish``)."""
+    return hasattr(signals, "after_task_publish")
+
+
 class _ConnectingLoader(importlib.abc.Loader):
     """``celery.signals``' own loader, then ``_connect``."""
 
@@ -240,23 +246,46 @@ class _ConnectingLoader(importlib.abc.Loader):
 
 
 class _SignalsHook(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader of ``celery.signals``, once, then leaves."""
+    """Finds nothing itself; connects the receivers once ``celery.signals`` is complete, then
+    leaves. Either it wraps that module's loader when it is imported, or, when kombu loaded this
+    module in the middle of importing ``celery.signals`` (kombu 5.3: ``celery.signals`` imports
+    ``celery.utils``, which imports ``kombu.entity``, then ``kombu.serialization``, then this entry
+    point), it connects at the first import after that module has finished."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        signals = sys.modules.get("celery.signals")
+        if signals is not None:
+            if _complete(signals):
+                self.leave()
+                _connect(signals)
+            return None
         if fullname != "celery.signals":
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
+        self.leave()
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is not None and spec.loader is not None:
             spec.loader = _ConnectingLoader(spec.loader)
         return spec
 
+    def leave(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
 
-if "celery.signals" in sys.modules:
+
+def _ensure_connected() -> None:
+    """Connect now if the hook is still waiting and ``celery.signals`` is complete (no import
+    happened in between): before the first publish, and at a worker's start."""
+    signals = sys.modules.get("celery.signals")
+    if _hook in sys.meta_path and signals is not None and _complete(signals):
+        _hook.leave()
+        _connect(signals)
+
+
+_hook = _SignalsHook()
+if "celery.signals" in sys.modules and _complete(sys.modules["celery.signals"]):
     _connect(sys.modules["celery.signals"])
 else:
-    sys.meta_path.insert(0, _SignalsHook())
+    sys.meta_path.insert(0, _hook)
 
 
 def _redact_reprs(headers: dict[str, Any]) -> None:
@@ -273,6 +302,7 @@ def encode(body: Any) -> bytes:
     its ``argsrepr`` / ``kwargsrepr`` headers become markers."""
     from kombu.utils.json import dumps
 
+    _ensure_connected()
     current = getattr(_publishing, "current", None)
     headers: dict[str, Any] | None = None
     if current is not None and current[0] is body:
@@ -448,6 +478,7 @@ def install_worker(app: Any) -> bool:
     ``app`` uses the serializer. True when it does."""
     if not uses_envelope(app.conf):
         return False
+    _ensure_connected()
     if app not in _installed:
         app.steps["consumer"].add(_consumer_step())
         _installed.add(app)

@@ -41,7 +41,9 @@ def put_message(folder: Path, queue: str, message: dict[str, Any], body: bytes) 
     message["body"] = base64.b64encode(body).decode()
     message["properties"]["delivery_info"]["routing_key"] = queue
     name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
-    partial = folder / f".{name}.partial"
+    partial = (
+        folder / f".{uuid.uuid4().hex}.partial"
+    )  # kombu 5.3 takes any name holding ".celery.msg"
     partial.write_text(json.dumps(message))
     os.replace(partial, folder / name)
 
