@@ -215,6 +215,32 @@ def test_results_stay_readable_when_only_sealed_messages_are_accepted(make_app: 
     assert told.accept == {CONTENT_TYPE}  # result_accept_content, when given, is obeyed
 
 
+@pytest.mark.s3
+def test_task_sent_events_carry_markers_not_arguments(make_app: Any) -> None:
+    """``task_send_sent_event``: Celery builds the ``task-sent`` event's args and kwargs from the
+    arguments before the serializer sees the message; the publisher's event dispatcher (made
+    redacting when the backend starts) replaces them as ``argsrepr`` is."""
+    from kombu import Exchange, Queue
+
+    app = make_app(
+        broker_url=f"memory://{uuid.uuid4().hex[:8]}",
+        task_serializer="envelope",
+        accept_content=["envelope"],
+        task_send_sent_event=True,
+    )
+    events = Queue(
+        "sent-events", Exchange("celeryev", type="topic"), routing_key="task.#", auto_delete=True
+    )
+    with current(app), Connection(app.conf.broker_url) as connection:
+        queue = connection.SimpleQueue(events, no_ack=True)
+        app.send_task("t", args=(SECRET,), kwargs={"card": SECRET})
+        event = queue.get(timeout=5).decode()
+        queue.close()
+    assert event["type"] == "task-sent"
+    assert (event["args"], event["kwargs"]) == ("<sealed: tuple, 28 B>", "<sealed: dict, 35 B>")
+    assert SECRET not in json.dumps(event)
+
+
 # -- decode, offline ------------------------------------------------------------------------------
 
 

@@ -175,8 +175,21 @@ def redact_event(type: str, fields: dict[str, Any], exceptions: bool = True) -> 
     return fields
 
 
+def redact_arguments(fields: dict[str, Any]) -> dict[str, Any]:
+    """A ``task-sent`` event's ``args`` and ``kwargs`` (Celery's reprs of the arguments, built
+    before the serializer sees the message) replaced by markers, as ``argsrepr`` is."""
+    changes = {
+        name: result_marker(value)
+        for name in ("args", "kwargs")
+        if isinstance(value := fields.get(name), str) and not value.startswith("<sealed: ")
+    }
+    return {**fields, **changes} if changes else fields
+
+
 class RedactingDispatcher:
-    """Mixed into the app's event dispatcher class: ``send`` redacts, then sends as usual."""
+    """Mixed into the app's event dispatcher class: ``send`` redacts, then sends as usual; so
+    does ``publish`` (``task-sent``, sent by whoever publishes a task) for an app whose task
+    messages are sealed (``task_serializer = "envelope"``)."""
 
     envelope_redact_exceptions = True
     envelope_base: type = object
@@ -184,6 +197,16 @@ class RedactingDispatcher:
     def send(self, type: str, *args: Any, **fields: Any) -> Any:
         fields = redact_event(type, fields, self.envelope_redact_exceptions)
         return super().send(type, *args, **fields)  # type: ignore[misc]
+
+    def publish(self, type: str, fields: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if type == "task-sent" and _seals_messages(getattr(self, "app", None)):
+            fields = redact_arguments(fields)
+        return super().publish(type, fields, *args, **kwargs)  # type: ignore[misc]
+
+
+def _seals_messages(app: Any) -> bool:
+    conf = getattr(app, "conf", None)
+    return conf is not None and conf.get("task_serializer") == "envelope"
 
 
 def _install_events(app: Any, exceptions: bool) -> None:
