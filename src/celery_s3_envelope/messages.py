@@ -134,9 +134,7 @@ class MessageSealer:
         """Open a message envelope; with ``expected``, only one bound to exactly that, else one
         bound to any task message (never a result's S3 key)."""
         if expected is None:
-            return self.pipeline.unseal(
-                data, keyring=self.keyring, accept_key=is_message_binding
-            )
+            return self.pipeline.unseal(data, keyring=self.keyring, accept_key=is_message_binding)
         return self.pipeline.unseal(data, keyring=self.keyring, key=expected)
 
 
