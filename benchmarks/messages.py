@@ -1,4 +1,4 @@
-"""Section 6: sealed task messages (the ``envelope`` serializer) against Celery's ``json``.
+"""Section 7: sealed task messages (the ``envelope`` serializer) against Celery's ``json``.
 
 A task with one 1 KiB argument (a dict of text, as a chain hands on a result).
 
@@ -141,7 +141,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         )
         r = ratio(trips, "envelope", "json")
         q1, q3 = r.quartiles()
-    print("## 6. Sealed task messages: envelope vs json (1 KiB argument)\n")
+    print("## 7. Sealed task messages: envelope vs json (1 KiB argument)\n")
     print(table(["per message, CPU", "time"], rows))
     print()
     print(
