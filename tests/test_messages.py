@@ -233,9 +233,12 @@ def test_task_sent_events_carry_markers_not_arguments(make_app: Any) -> None:
     )
     with current(app), Connection(app.conf.broker_url) as connection:
         queue = connection.SimpleQueue(events, no_ack=True)
+        tasks = connection.SimpleQueue("celery", no_ack=True, accept=[CONTENT_TYPE])
         app.send_task("t", args=(SECRET,), kwargs={"card": SECRET})
         event = queue.get(timeout=5).decode()
+        assert SECRET.encode() not in tasks.get(timeout=5).body  # (and the queue is left empty)
         queue.close()
+        tasks.close()
     assert event["type"] == "task-sent"
     assert (event["args"], event["kwargs"]) == ("<sealed: tuple, 28 B>", "<sealed: dict, 35 B>")
     assert SECRET not in json.dumps(event)

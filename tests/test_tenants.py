@@ -476,8 +476,9 @@ def test_decode_opens_a_tenants_result_offline_with_a_copy_of_the_key_store(
     sealed.write_bytes(store.get("celery/celery-task-meta-t-acme") or b"")
 
     alone = invoke(envelope, "decode", sealed, "--keyring", keyring_file)
-    assert alone.exit_code == 1 and "4111" not in alone.output
+    assert alone.exit_code == 2 and "4111" not in alone.output  # 2: what to pass is missing
     assert len(alone.stderr.splitlines()) == 1 and "t/acme/1" in alone.stderr
+    assert "--tenant-keys" in alone.stderr
 
     opened = invoke(
         envelope, "decode", sealed, "--keyring", keyring_file, "--tenant-keys", keys_dir

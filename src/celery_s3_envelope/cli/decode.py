@@ -21,7 +21,8 @@ import click
 
 from ..envelope import TAG_SIZE, Compression, EnvelopeHeader
 from ..errors import EnvelopeError, IntegrityError, NotAnEnvelope, SizeLimitExceeded
-from ..keyring import Keyring, KeySource
+from ..kek import KeyEntry
+from ..keyring import TENANT_KEK_PREFIX, Keyring, KeySource
 from ..messages import sealed_body
 from ..ops.context import Context, SettingsError
 from ..pipeline import Pipeline
@@ -349,15 +350,41 @@ def decode(
 
 
 def _with_tenant_keys(context: Context, keyring: Keyring, location: str | None) -> KeySource:
-    """The keyring, plus the tenant key store when one is named (``--tenant-keys``) or the
-    Celery app has one: tenant KEKs are read from it lazily, only for a tenant's value."""
-    from ..ops.tenants import tenant_store
-    from ..tenants import TenantKeys
+    """The keyring, and the tenant key store (``--tenant-keys``, else the Celery app's) built
+    when the first tenant KEK id is met: a decode without tenants imports and reads nothing more."""
+    return _TenantKeysOnDemand(context, keyring, location)
 
-    if location is None and (context.app is None or context.options.bucket is not None):
-        return keyring
-    store = tenant_store(context, context.default_prefix(), keyring, location)
-    return TenantKeys(store, keyring, None)
+
+class _TenantKeysOnDemand:
+    """``KeySource``: the keyring's KEKs, and tenant KEKs from a key store opened on demand."""
+
+    def __init__(self, context: Context, keyring: Keyring, location: str | None) -> None:
+        self.context = context
+        self.keyring = keyring
+        self.location = location
+        self._store: Any = None
+
+    @property
+    def active(self) -> KeyEntry:
+        return self.keyring.active
+
+    def for_unwrap(self, kek_id: str) -> KeyEntry:
+        if not kek_id.startswith(TENANT_KEK_PREFIX):
+            return self.keyring.for_unwrap(kek_id)
+        if self._store is None:
+            context = self.context
+            if self.location is None and (context.app is None or context.options.bucket):
+                raise SettingsError(
+                    f"KEK {kek_id!r} is a tenant's KEK: pass --tenant-keys DIR (a copy of the "
+                    "tenant key store) or --tenant-keys bucket with --bucket (docs/tenants.md)"
+                )
+            from ..ops.tenants import tenant_store
+
+            self._store = tenant_store(
+                context, context.default_prefix(), self.keyring, self.location
+            )
+        entry: KeyEntry = self._store.get(kek_id)
+        return entry
 
 
 # -- inspect ----------------------------------------------------------------------------------
