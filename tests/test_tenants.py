@@ -226,6 +226,28 @@ def test_the_directory_store_converges_too(directory: DirectoryKeyObjects) -> No
     assert second.active("acme").to_dict()["key"] == first_key.to_dict()["key"]
 
 
+def test_a_first_use_reads_only_that_tenants_folder(
+    directory: DirectoryKeyObjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keyring = cse.Keyring.generate()
+    for i in range(50):
+        _store(directory, keyring).active(f"t{i}")
+    listed: list[str] = []
+    iterdir = Path.iterdir
+
+    def recording(path: Path) -> Any:
+        listed.append(path.name)
+        return iterdir(path)
+
+    monkeypatch.setattr(Path, "iterdir", recording)
+    keys = _store(directory, keyring)
+    _seal(keys, "t7", "obj")
+    _seal(keys, "new", "obj")
+    assert listed == ["t7"]  # "new" has no folder yet: nothing to list; no other tenant's
+    assert [name for name in directory.names("new/")] == ["new/1"]
+    assert len(list(directory.names())) == 51  # the whole listing still sees every tenant
+
+
 # -- the cache: lazy and bounded ----------------------------------------------------------------
 
 

@@ -397,7 +397,13 @@ class DirectoryKeyObjects:
     def names(self, under: str = "") -> Iterator[str]:
         if not self.root.is_dir():
             return
-        for folder in sorted(self.root.iterdir()):
+        # One tenant's records (``<tenant>/...``, a tenant's first use) read that tenant's
+        # folder only: the cost of a first use does not grow with the number of tenants.
+        tenant, slash, _ = under.partition("/")
+        if slash and not TENANT_ID.match(tenant):
+            return
+        folders = [self.root / tenant] if slash else sorted(self.root.iterdir())
+        for folder in folders:
             if not folder.is_dir() or not TENANT_ID.match(folder.name):
                 continue
             for file in sorted(folder.iterdir()):
