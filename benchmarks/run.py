@@ -17,6 +17,7 @@ import codec
 import distributed
 import operations
 import server
+import tenants
 from harness import Goal
 
 PER_SERVER = ("backend", "rotation")
@@ -27,6 +28,7 @@ SECTIONS = {
     "rotation": operations.rotation,
     "kms": operations.kms,
     "distributed": distributed.run,
+    "tenants": tenants.run,
 }
 
 
