@@ -483,3 +483,20 @@ def test_hostile_tenant_ids_read_from_a_bucket_are_escaped(make_app: Any, store:
     assert listed.exit_code == 0, listed.output
     assert "\u202e" not in listed.output and "\x9b" not in listed.output
     assert "acme" in listed.output
+
+
+def test_lifecycle_apply_refuses_a_rule_that_would_expire_the_key_store(
+    make_app: Any, store: S3Store
+) -> None:
+    """One untagged rule expires everything under the prefix, the key store with it: refused
+    while tenants are in use; the tag-filtered rules (failure expiry) never match a key record."""
+    app = _app(make_app, result_expires=86400)
+    refused = invoke(envelope, "lifecycle", "apply", app=app)
+    assert refused.exit_code == 2 and "tenant key store" in refused.output
+    assert store.lifecycle_rules() == []
+    tagged = invoke(envelope, "lifecycle", "apply", "--failure-days", "2", app=app)
+    assert tagged.exit_code == 0, tagged.output
+    plain = make_app(s3_base_path="celery/", result_expires=86400)  # no tenants: as before
+    assert invoke(envelope, "lifecycle", "apply", app=plain).exit_code == 0
+    backend_of(_app(make_app)).store_result("t", 1, "SUCCESS", request=_Request("acme"))
+    assert invoke(envelope, "lifecycle", "apply", app=plain).exit_code == 2  # a record exists
