@@ -190,8 +190,11 @@ def _root_context(kek_id: str) -> bytes:
 
 
 @scrubbed
-def _wrap_record(kek_id: str, material: bytes, root: KeyEntry, created: datetime) -> bytes:
-    salt = os.urandom(SALT_SIZE)
+def _wrap_record(
+    kek_id: str, material: bytes, root: KeyEntry, created: datetime, salt: bytes | None = None
+) -> bytes:
+    """A key record; ``salt`` is random unless given (the test vectors fix it)."""
+    salt = os.urandom(SALT_SIZE) if salt is None else salt
     body = root.wrap(material, salt=salt, associated_data=_root_context(kek_id))
     record = {
         "format": RECORD_FORMAT,
