@@ -18,6 +18,7 @@ import distributed
 import messages
 import operations
 import server
+import tenants
 from harness import Goal
 
 PER_SERVER = ("backend", "rotation")
@@ -29,6 +30,7 @@ SECTIONS = {
     "kms": operations.kms,
     "distributed": distributed.run,
     "messages": messages.run,
+    "tenants": tenants.run,
 }
 
 

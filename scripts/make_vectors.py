@@ -24,6 +24,7 @@ from celery_s3_envelope.kek import KeyState, LocalKey
 from celery_s3_envelope.keyring import Keyring
 from celery_s3_envelope.kms import KmsKey, KmsProvider
 from celery_s3_envelope.pipeline import EncryptStage, Pipeline
+from celery_s3_envelope.tenants import _wrap_record, tenant_kek_id
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors"
 CREATED = datetime(2026, 11, 25, tzinfo=UTC)
@@ -176,6 +177,39 @@ def kms_case() -> dict[str, object]:
     }
 
 
+def tenant_case() -> dict[str, object]:
+    """An envelope sealed under tenant ``acme``'s KEK ``t/acme/1`` (docs/tenants.md), and that
+    KEK's key-store record, wrapped under the root ``k1`` of the vectors' keyring."""
+    kek_id = tenant_kek_id("acme", 1)
+    material, record_salt = fixed(111, 32), fixed(211, 16)
+    record = _wrap_record(kek_id, material, KEYRING.get("k1"), CREATED, salt=record_salt)
+    dek, salt, value = fixed(80, 32), fixed(180, 16), "sealed under a tenant KEK"
+    envelope = ENCRYPT.seal(
+        value.encode(),
+        payload_kind=PayloadKind.TEXT,
+        compression=Compression.NONE,
+        payload_size=len(value),
+        key=TASK_KEY,
+        kek=LocalKey(kek_id, material, KeyState.ACTIVE, CREATED),
+        dek=dek,
+        salt=salt,
+    )
+    return {
+        "description": "tenant KEK t/acme/1 (its record in the key store under root k1)",
+        "tenant": "acme",
+        "kek_id": kek_id,
+        "kek_hex": material.hex(),
+        "record_name": "acme/1",
+        "record_salt_hex": record_salt.hex(),
+        "record": record.decode("utf-8"),
+        "key": TASK_KEY,
+        "text": value,
+        "dek_hex": dek.hex(),
+        "salt_hex": salt.hex(),
+        "envelope_hex": envelope.hex(),
+    }
+
+
 def main() -> None:
     valid = [
         seal_case("empty text", "", seed=1),
@@ -288,7 +322,15 @@ def main() -> None:
     kms_cases = [kms_case()]
     OUT.mkdir(parents=True, exist_ok=True)
     for name, document in (
-        ("valid.json", {"keyring": keyring, "vectors": valid, "kms_vectors": kms_cases}),
+        (
+            "valid.json",
+            {
+                "keyring": keyring,
+                "vectors": valid,
+                "kms_vectors": kms_cases,
+                "tenant_vectors": [tenant_case()],
+            },
+        ),
         ("invalid.json", {"keyring": keyring, "vectors": cases}),
     ):
         (OUT / name).write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")

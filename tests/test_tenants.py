@@ -226,6 +226,28 @@ def test_the_directory_store_converges_too(directory: DirectoryKeyObjects) -> No
     assert second.active("acme").to_dict()["key"] == first_key.to_dict()["key"]
 
 
+def test_a_first_use_reads_only_that_tenants_folder(
+    directory: DirectoryKeyObjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keyring = cse.Keyring.generate()
+    for i in range(50):
+        _store(directory, keyring).active(f"t{i}")
+    listed: list[str] = []
+    iterdir = Path.iterdir
+
+    def recording(path: Path) -> Any:
+        listed.append(path.name)
+        return iterdir(path)
+
+    monkeypatch.setattr(Path, "iterdir", recording)
+    keys = _store(directory, keyring)
+    _seal(keys, "t7", "obj")
+    _seal(keys, "new", "obj")
+    assert listed == ["t7"]  # "new" has no folder yet: nothing to list; no other tenant's
+    assert [name for name in directory.names("new/")] == ["new/1"]
+    assert len(list(directory.names())) == 51  # the whole listing still sees every tenant
+
+
 # -- the cache: lazy and bounded ----------------------------------------------------------------
 
 
@@ -489,3 +511,20 @@ def test_decode_opens_a_tenants_result_offline_with_a_copy_of_the_key_store(
     TenantKeyStore(DirectoryKeyObjects(keys_dir), cse.Keyring.from_file(keyring_file)).shred("acme")
     gone = invoke(envelope, "decode", sealed, "--keyring", keyring_file, "--tenant-keys", keys_dir)
     assert gone.exit_code == 1 and "shredded" in gone.stderr and "4111" not in gone.output
+
+
+def test_lifecycle_apply_refuses_a_rule_that_would_expire_the_key_store(
+    make_app: Any, store: S3Store
+) -> None:
+    """One untagged rule expires everything under the prefix, the key store with it: refused
+    while tenants are in use; the tag-filtered rules (failure expiry) never match a key record."""
+    app = _app(make_app, result_expires=86400)
+    refused = invoke(envelope, "lifecycle", "apply", app=app)
+    assert refused.exit_code == 2 and "tenant key store" in refused.output
+    assert store.lifecycle_rules() == []
+    tagged = invoke(envelope, "lifecycle", "apply", "--failure-days", "2", app=app)
+    assert tagged.exit_code == 0, tagged.output
+    plain = make_app(s3_base_path="celery/", result_expires=86400)  # no tenants: as before
+    assert invoke(envelope, "lifecycle", "apply", app=plain).exit_code == 0
+    backend_of(_app(make_app)).store_result("t", 1, "SUCCESS", request=_Request("acme"))
+    assert invoke(envelope, "lifecycle", "apply", app=plain).exit_code == 2  # a record exists

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,13 @@ from celery_s3_envelope import errors
 from celery_s3_envelope.envelope import Compression, unpack
 from celery_s3_envelope.kms import KmsProvider
 from celery_s3_envelope.pipeline import EncryptStage, Pipeline
+from celery_s3_envelope.tenants import (
+    DirectoryKeyObjects,
+    TenantKeys,
+    TenantKeyStore,
+    _wrap_record,
+    tenant_kek_id,
+)
 from support.paths import TESTS
 
 VECTORS = TESTS / "vectors"
@@ -104,6 +114,45 @@ def test_kms_vector_opens_and_is_reproduced(case: dict[str, Any]) -> None:
         case["text"],
         key=case["key"],
         keyring=keyring,
+        dek=bytes.fromhex(case["dek_hex"]),
+        salt=bytes.fromhex(case["salt_hex"]),
+    )
+    assert rebuilt.hex() == case["envelope_hex"]
+
+
+TENANT_VECTORS = json.loads((VECTORS / "valid.json").read_text())["tenant_vectors"]
+
+
+@pytest.mark.parametrize("case", TENANT_VECTORS, ids=[c["description"] for c in TENANT_VECTORS])
+def test_tenant_vector_opens_through_its_key_record_and_is_reproduced(
+    case: dict[str, Any], tmp_path: Path
+) -> None:
+    """Format v1 unchanged: the tenant KEK's id in the key slot, its key in a root-wrapped
+    record (docs/tenants.md). The record, the tenant KEK and the envelope are all pinned."""
+    objects = DirectoryKeyObjects(tmp_path / "tenant-keys")
+    assert objects.create(case["record_name"], case["record"].encode("utf-8"))
+    store = TenantKeyStore(objects, VALID_KEYRING)
+    envelope = bytes.fromhex(case["envelope_hex"])
+    assert cse.inspect(envelope).kek_id == case["kek_id"] == tenant_kek_id(case["tenant"], 1)
+    reader = TenantKeys(store, VALID_KEYRING, None)
+    assert Pipeline().unseal(envelope, keyring=reader, key=case["key"]) == case["text"]
+    assert store.get(case["kek_id"]).to_dict()["key"] == base64.b64encode(
+        bytes.fromhex(case["kek_hex"])
+    ).decode("ascii")
+    with pytest.raises(errors.UnknownKey):  # the root keyring alone does not open it
+        cse.unseal(envelope, keyring=VALID_KEYRING, key=case["key"])
+    record = _wrap_record(
+        case["kek_id"],
+        bytes.fromhex(case["kek_hex"]),
+        VALID_KEYRING.get("k1"),
+        datetime(2026, 11, 25, tzinfo=UTC),
+        salt=bytes.fromhex(case["record_salt_hex"]),
+    )
+    assert record.decode("utf-8") == case["record"]
+    rebuilt = Pipeline().seal(
+        case["text"],
+        key=case["key"],
+        keyring=TenantKeys(store, VALID_KEYRING, case["tenant"]),
         dek=bytes.fromhex(case["dek_hex"]),
         salt=bytes.fromhex(case["salt_hex"]),
     )

@@ -190,8 +190,11 @@ def _root_context(kek_id: str) -> bytes:
 
 
 @scrubbed
-def _wrap_record(kek_id: str, material: bytes, root: KeyEntry, created: datetime) -> bytes:
-    salt = os.urandom(SALT_SIZE)
+def _wrap_record(
+    kek_id: str, material: bytes, root: KeyEntry, created: datetime, salt: bytes | None = None
+) -> bytes:
+    """A key record; ``salt`` is random unless given (the test vectors fix it)."""
+    salt = os.urandom(SALT_SIZE) if salt is None else salt
     body = root.wrap(material, salt=salt, associated_data=_root_context(kek_id))
     record = {
         "format": RECORD_FORMAT,
@@ -397,7 +400,13 @@ class DirectoryKeyObjects:
     def names(self, under: str = "") -> Iterator[str]:
         if not self.root.is_dir():
             return
-        for folder in sorted(self.root.iterdir()):
+        # One tenant's records (``<tenant>/...``, a tenant's first use) read that tenant's
+        # folder only: the cost of a first use does not grow with the number of tenants.
+        tenant, slash, _ = under.partition("/")
+        if slash and not TENANT_ID.match(tenant):
+            return
+        folders = [self.root / tenant] if slash else sorted(self.root.iterdir())
+        for folder in folders:
             if not folder.is_dir() or not TENANT_ID.match(folder.name):
                 continue
             for file in sorted(folder.iterdir()):

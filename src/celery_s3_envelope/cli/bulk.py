@@ -470,6 +470,8 @@ def apply(
     if days is None:
         raise click.UsageError("how many days? pass --days (or set the app's result_expires)")
     store = context.store(target.bucket)
+    if failure_days is None:
+        _refuse_expiring_key_store(context, target)
     plan = rules.plan(store.lifecycle_rules(), rules.our_rules(target.prefix, days, failure_days))
     if plan.changes and not dry_run:
         store.put_lifecycle_rules(plan.merged)
@@ -483,3 +485,28 @@ def apply(
     for rule in plan.merged:
         marker = "*" if rules.is_ours(rule) else " "
         click.echo(f" {marker} {json.dumps(rule, sort_keys=True)}")
+
+
+def _refuse_expiring_key_store(context: Context, target: Prefix) -> None:
+    """One untagged rule expires everything under the prefix: the tenant key store there too
+    (every tenant's KEKs, so every tenant's results). Refused when the store holds a record or
+    the app seals under tenants; the tag-filtered rules (``--failure-days``) never match it."""
+    from ..ops import tenants as tenant_ops
+    from ..tenants import S3KeyObjects
+
+    with settings_errors():
+        objects = tenant_ops.key_objects(context, target, None)
+    if (
+        not isinstance(objects, S3KeyObjects)
+        or objects.store.bucket != target.bucket
+        or not objects.prefix.startswith(target.prefix)
+    ):
+        return
+    selector = context.app is not None and bool(context.app.conf.get("envelope_tenant_selector"))
+    if selector or next(objects.names(), None) is not None:
+        raise ConfigurationError(
+            f"the rule would expire the tenant key store {safe(objects.location)} with the "
+            "results (every tenant's KEKs: docs/tenants.md): set result_failure_expires (its "
+            "rules match only the results' expiry tags) or pass --failure-days, or keep the key "
+            "store in a directory (envelope_tenant_keystore)"
+        )
