@@ -528,3 +528,44 @@ def test_lifecycle_apply_refuses_a_rule_that_would_expire_the_key_store(
     assert invoke(envelope, "lifecycle", "apply", app=plain).exit_code == 0
     backend_of(_app(make_app)).store_result("t", 1, "SUCCESS", request=_Request("acme"))
     assert invoke(envelope, "lifecycle", "apply", app=plain).exit_code == 2  # a record exists
+
+
+def test_a_shred_the_server_partly_refuses_fails_and_a_rerun_finishes(
+    make_app: Any, store: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Object Lock or a policy refusing some deletions: ``shred`` exits 1 and says the tenant
+    is NOT shredded (a log line names each refused copy), never "shredded"; the rerun, once the
+    server allows it, deletes the rest."""
+    app = _app(make_app)
+    backend_of(app).store_result("a-0", 0, "SUCCESS", request=_Request("acme"))
+    original = S3Store.destroy_versions
+
+    def refusing_one(self: S3Store, prefix: str, *, keep: str | None = None) -> tuple[int, int]:
+        real = self.client.delete_objects
+
+        def delete_objects(**kwargs: Any) -> Any:
+            first, *rest = kwargs["Delete"]["Objects"]
+            response = real(**{**kwargs, "Delete": {**kwargs["Delete"], "Objects": rest}})
+            refused = {"Key": first["Key"], "Code": "AccessDenied", "Message": "Object Lock"}
+            return {**response, "Errors": [*response.get("Errors", []), refused]}
+
+        monkeypatch.setattr(self.client, "delete_objects", delete_objects)
+        try:
+            return original(self, prefix, keep=keep)
+        finally:
+            monkeypatch.setattr(self.client, "delete_objects", real)
+
+    monkeypatch.setattr(S3Store, "destroy_versions", refusing_one)
+    failed = invoke(envelope, "shred", "--tenant", "acme", "--yes", app=app)
+    assert failed.exit_code == 1, failed.output
+    assert "NOT shredded" in failed.stderr and "run shred again" in failed.stderr
+    assert "tenant acme: shredded" not in failed.output
+    left = [info.key for info in store.list(f"celery/{KEY_STORE_DIR}acme/")]
+    assert f"celery/{KEY_STORE_DIR}acme/1" in left
+
+    monkeypatch.setattr(S3Store, "destroy_versions", original)
+    finished = invoke(envelope, "shred", "--tenant", "acme", "--yes", app=app)
+    assert finished.exit_code == 0, finished.output
+    assert [info.key for info in store.list(f"celery/{KEY_STORE_DIR}acme/")] == [
+        f"celery/{KEY_STORE_DIR}acme/shredded"
+    ]

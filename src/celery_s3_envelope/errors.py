@@ -54,6 +54,16 @@ class KeyringError(EnvelopeError):
     """A keyring is malformed or inconsistent (no active key, duplicate ids, bad key material)."""
 
 
+class ShredIncomplete(KeyringError):
+    """``shred`` could not delete every stored copy of a tenant's KEK records (the server
+    refused some): the tenant is not shredded until a rerun deletes them."""
+
+    def __init__(self, message: str, deleted: int, refused: int) -> None:
+        super().__init__(message)
+        self.deleted = deleted
+        self.refused = refused
+
+
 def error_code(exc: BaseException) -> str:
     """The error code AWS sent with a botocore ``ClientError`` (S3's or KMS's), '' for any
     other exception or none sent. Read from the response it carries, so that the key modules
@@ -72,6 +82,7 @@ __all__ = [
     "KeyringError",
     "NotAnEnvelope",
     "RetiredKey",
+    "ShredIncomplete",
     "ShreddedKey",
     "SizeLimitExceeded",
     "UnknownKey",

@@ -438,12 +438,13 @@ class S3Store:
             )
         return len(keys) - len(errors)
 
-    def destroy_versions(self, prefix: str, *, keep: str | None = None) -> int:
+    def destroy_versions(self, prefix: str, *, keep: str | None = None) -> tuple[int, int]:
         """Delete every object under ``prefix`` but ``keep``, and on a versioned bucket every
         stored version of each (noncurrent versions and delete markers too), so nothing under
-        it can be restored; returns how many objects or versions were deleted. A bucket that
+        it can be restored; returns how many objects or versions were deleted, and how many the
+        server refused (Object Lock, a policy), each logged with its key and code. A bucket that
         never had versioning answers ListObjectVersions with each object once (version
-        ``null``). Refusals are logged with their key and code and not counted."""
+        ``null``)."""
         targets: list[dict[str, str]] = []
         paginator = self.client.get_paginator("list_object_versions")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
@@ -455,7 +456,7 @@ class S3Store:
                 if version and version != "null":
                     target["VersionId"] = version
                 targets.append(target)
-        deleted = 0
+        deleted = refused = 0
         for start in range(0, len(targets), DELETE_BATCH_SIZE):
             batch = targets[start : start + DELETE_BATCH_SIZE]
             response = self.client.delete_objects(
@@ -472,7 +473,8 @@ class S3Store:
                     error.get("Code"),
                 )
             deleted += len(batch) - len(errors)
-        return deleted
+            refused += len(errors)
+        return deleted, refused
 
     def list(
         self, prefix: str = "", *, start_after: str | None = None, page_size: int | None = None

@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .envelope import SALT_SIZE, WrapMethod
-from .errors import IntegrityError, InvalidTenantId, KeyringError, ShreddedKey, UnknownKey
+from .errors import (
+    IntegrityError,
+    InvalidTenantId,
+    KeyringError,
+    ShreddedKey,
+    ShredIncomplete,
+    UnknownKey,
+)
 from .kek import KEY_SIZE, KeyEntry, KeyState, LocalKey, format_time
 from .keyring import TENANT_KEK_PREFIX, Keyring
 from .scrub import scrubbed
@@ -284,9 +291,10 @@ class KeyObjects(Protocol):
     def names(self, under: str = "") -> Iterator[str]:
         """Every record name starting with ``under``, in order."""
 
-    def destroy(self, under: str, keep: str) -> int:
+    def destroy(self, under: str, keep: str) -> tuple[int, int]:
         """Delete every record under ``under`` but ``keep``, with every stored version of each
-        (noncurrent versions and delete markers on a versioned bucket); how many were deleted."""
+        (noncurrent versions and delete markers on a versioned bucket); how many were deleted,
+        and how many the server refused."""
 
 
 class S3KeyObjects:
@@ -335,7 +343,7 @@ class S3KeyObjects:
         for info in self.store.list(self.prefix + under):
             yield info.key[len(self.prefix) :]
 
-    def destroy(self, under: str, keep: str) -> int:
+    def destroy(self, under: str, keep: str) -> tuple[int, int]:
         kept = self.prefix + keep
         return self.store.destroy_versions(self.prefix + under, keep=kept)
 
@@ -415,13 +423,13 @@ class DirectoryKeyObjects:
                     if name.startswith(under):
                         yield name
 
-    def destroy(self, under: str, keep: str) -> int:
+    def destroy(self, under: str, keep: str) -> tuple[int, int]:
         deleted = 0
         for name in list(self.names(under)):
             if name != keep:
                 self._path(name).unlink(missing_ok=True)
                 deleted += 1
-        return deleted
+        return deleted, 0
 
 
 # -- the key store ----------------------------------------------------------------------------
@@ -619,8 +627,16 @@ class TenantKeyStore:
         name = f"{tenant}/{TOMBSTONE}"
         if self.objects.read(name) is None:
             self.objects.put(name, json.dumps(tombstone, sort_keys=True).encode("utf-8"))
-        deleted = self.objects.destroy(f"{tenant}/", keep=name)
+        deleted, refused = self.objects.destroy(f"{tenant}/", keep=name)
         self.forget(tenant)
+        if refused:
+            raise ShredIncomplete(
+                f"{refused} stored copies of tenant {tenant!r}'s key records could not be deleted "
+                f"(the log names each; {deleted} were): the tenant is NOT shredded; remove the "
+                "cause (Object Lock, a bucket policy) and run shred again",
+                deleted,
+                refused,
+            )
         return deleted
 
     def rewrap_root(self, *, dry_run: bool = False) -> RootRewrap:

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from ..errors import ShredIncomplete
 from ..ops.context import Context, Prefix
 from .options import (
     CONTEXT_SETTINGS,
@@ -193,7 +194,11 @@ def shred(
         )
         sys.exit(Status.USAGE)
     already = known.shredded and not known.versions
-    deleted = keys.shred(name)
+    try:
+        deleted = keys.shred(name)
+    except ShredIncomplete as exc:
+        click.echo(f"Error: {safe(str(exc))}", err=True)
+        sys.exit(Status.DAMAGED)
     document = {
         "tenant": name,
         "key_store": keys.location,
