@@ -30,26 +30,17 @@ from ..ops.sweep import Sweep, SweepReport, describe_error
 from .distributed import Distributed, distributed_options
 from .options import (
     Moment,
-    context_of,
     json_option,
     keyring_option,
     s3_options,
     settings_errors,
+    target_of,
     workers_option,
 )
 from .reports import interrupted, print_scan, print_sweep, with_progress
 from .status import ConfigurationError, Status
-from .tenants import tenant_keys_option
+from .tenants import known_tenant, tenant_keys_option
 from .terminal import json_text, safe
-
-
-def _target(ctx: click.Context, options: dict[str, Any]) -> tuple[Context, Prefix]:
-    context = context_of(ctx, options)
-    with settings_errors():
-        prefix = context.default_prefix()
-    if prefix is None:
-        raise click.UsageError("which bucket? pass --bucket (or run as `celery -A proj envelope`)")
-    return context, prefix
 
 
 def _sweep_command(sweep: Sweep[Any, SweepReport], target: Prefix, as_json: bool) -> None:
@@ -161,7 +152,7 @@ def rotate(
     a worker stored meanwhile is kept and counted as changed. Safe to interrupt and re-run.
     Results under tenant KEKs are skipped: --tenant T rotates one tenant's, --root the tenant
     KEKs' own wrapping (docs/tenants.md)."""
-    context, target = _target(ctx, options)
+    context, target = target_of(ctx, options)
     with settings_errors():
         keyring = context.keyring_for(target, keyring_path)
     if tenant is not None or root:
@@ -226,16 +217,9 @@ def _rotate_tenants(
                 f"{done.current:,}, changed meanwhile {done.changed:,}; no result touched"
             )
         return
-    known = next((info for info in keys.tenants() if info.tenant == name), None)
-    if known is not None and known.shredded:
+    known = known_tenant(keys, name)
+    if known.shredded:
         click.echo(f"Error: tenant {safe(name)} was shredded: it has no KEK to rotate", err=True)
-        sys.exit(Status.USAGE)
-    if known is None:
-        click.echo(
-            f"Error: no tenant {safe(name)} in the key store {safe(keys.location)}: "
-            "check the name and --tenant-keys",
-            err=True,
-        )
         sys.exit(Status.USAGE)
     # A dry run or a resumed run adds no KEK: it shows, or finishes, the rewrap to the newest.
     new_key = not run["dry_run"] and run["resume_from"] is None
@@ -315,7 +299,7 @@ def migrate(
             "migrate needs --cutoff TIME: when the last worker with Celery's S3 backend stopped "
             "(plaintext written after it is not sealed; docs/migration.md)"
         )
-    context, target = _target(ctx, options)
+    context, target = target_of(ctx, options)
     with settings_errors():
         keyring = context.keyring_for(target, keyring_path)
     run_options = {"workers": workers, "dry_run": dry_run, "cutoff": cutoff.isoformat()}
@@ -366,7 +350,7 @@ def scan(
     Reads only each object's header (a ranged GET); --verify opens every object in full."""
     from ..ops import scan as audit
 
-    context, target = _target(ctx, options)
+    context, target = target_of(ctx, options)
     if distributed is not None:
         if not verify and not distributed.resume_run:
             raise click.UsageError("--distributed runs `scan --verify` only")
@@ -461,7 +445,7 @@ def apply(
     Idempotent: running it again with the same settings changes nothing."""
     from .. import lifecycle as rules
 
-    context, target = _target(ctx, options)
+    context, target = target_of(ctx, options)
     conf = context.app.conf if context.app is not None else None
     if days is None and conf is not None and conf.result_expires:
         days = rules.whole_days(conf.result_expires)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from ..ops.context import Context, S3Options, SettingsError
+from ..ops.context import Context, Prefix, S3Options, SettingsError
 from ..ops.sweep import DEFAULT_WORKERS
 from .status import ConfigurationError
 
@@ -123,6 +123,17 @@ def settings_errors() -> Iterator[None]:
         yield
     except SettingsError as exc:
         raise ConfigurationError(str(exc)) from None
+
+
+def target_of(ctx: click.Context, options: dict[str, Any]) -> tuple[Context, Prefix]:
+    """The command's context and the bucket and prefix it works on (``--bucket``/``--prefix``,
+    else the Celery app's), or a usage error naming what is missing."""
+    context = context_of(ctx, options)
+    with settings_errors():
+        prefix = context.default_prefix()
+    if prefix is None:
+        raise click.UsageError("which bucket? pass --bucket (or run as `celery -A proj envelope`)")
+    return context, prefix
 
 
 def _endpoint_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -14,14 +14,15 @@ from typing import Any
 import click
 
 from ..errors import ShredIncomplete
-from ..ops.context import Context, Prefix
+from ..ops.context import Context
+from ..tenants import TenantInfo, TenantKeyStore
 from .options import (
     CONTEXT_SETTINGS,
-    context_of,
     json_option,
     keyring_option,
     s3_options,
     settings_errors,
+    target_of,
     workers_option,
 )
 from .status import Status
@@ -36,13 +37,17 @@ tenant_keys_option = click.option(
 )
 
 
-def _target(ctx: click.Context, options: dict[str, Any]) -> tuple[Context, Prefix]:
-    context = context_of(ctx, options)
-    with settings_errors():
-        prefix = context.default_prefix()
-    if prefix is None:
-        raise click.UsageError("which bucket? pass --bucket (or run as `celery -A proj envelope`)")
-    return context, prefix
+def known_tenant(keys: TenantKeyStore, name: str) -> TenantInfo:
+    """The key store's entry for tenant ``name``, or exit 2 with one line naming where it looked."""
+    known = next((info for info in keys.tenants() if info.tenant == name), None)
+    if known is None:
+        click.echo(
+            f"Error: no tenant {safe(name)} in the key store {safe(keys.location)}: "
+            "check the name and --tenant-keys",
+            err=True,
+        )
+        sys.exit(Status.USAGE)
+    return known
 
 
 @click.command(
@@ -82,7 +87,7 @@ def tenants(
     it. A tenant with results but no key in the store is listed too."""
     from ..ops import tenants as ops
 
-    context, target = _target(ctx, options)
+    context, target = target_of(ctx, options)
     with settings_errors():
         keyring = _keyring_or_none(context, keyring_path)
         keys = ops.tenant_store(context, target, keyring or _NO_ROOT, tenant_keys)
@@ -182,17 +187,10 @@ def shred(
             err=True,
         )
         sys.exit(Status.USAGE)
-    context, target = _target(ctx, options)
+    context, target = target_of(ctx, options)
     with settings_errors():
         keys = ops.tenant_store(context, target, _NO_ROOT, tenant_keys)
-    known = next((info for info in keys.tenants() if info.tenant == name), None)
-    if known is None:
-        click.echo(
-            f"Error: no tenant {safe(name)} in the key store {safe(keys.location)}: "
-            "check the name and --tenant-keys",
-            err=True,
-        )
-        sys.exit(Status.USAGE)
+    known = known_tenant(keys, name)
     already = known.shredded and not known.versions
     try:
         deleted = keys.shred(name)
