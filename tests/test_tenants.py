@@ -308,6 +308,32 @@ def test_shredding_deletes_every_version_of_the_key_records(
         assert _open(fresh, "b", keep) == "v"
 
 
+def test_shredding_deletes_a_record_written_before_versioning_was_enabled(
+    s3_endpoint: Any, s3_client: Any
+) -> None:
+    """A record from before versioning was turned on is the ``null`` version: deleted by its
+    version id, not hidden under a delete marker (which would leave the key restorable)."""
+    with fresh_bucket(s3_client) as name:
+        store = s3_endpoint.store(name)
+        keyring = cse.Keyring.generate()
+        keys = _store(S3KeyObjects(store, KEY_STORE_DIR), keyring)
+        sealed = _seal(keys, "acme", "a")
+        s3_client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        keys.new_version("acme")
+        try:
+            keys.shred("acme")
+            left = s3_client.list_object_versions(Bucket=name, Prefix=KEY_STORE_DIR + "acme/")
+            assert [v["Key"] for v in left.get("Versions", [])] == [KEY_STORE_DIR + "acme/shredded"]
+            assert not left.get("DeleteMarkers")
+            with pytest.raises(ShreddedKey):
+                _open(_store(S3KeyObjects(store, KEY_STORE_DIR), keyring), "a", sealed)
+        finally:  # fresh_bucket(versioned=False) would not empty the versions
+            page = s3_client.list_object_versions(Bucket=name)
+            items = [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]
+            for item in items:
+                s3_client.delete_object(Bucket=name, Key=item["Key"], VersionId=item["VersionId"])
+
+
 def test_an_unknown_tenant_key_is_unknown_not_shredded(directory: DirectoryKeyObjects) -> None:
     keyring = cse.Keyring.generate()
     sealed = _seal(_store(directory, keyring), "acme", "a")

@@ -453,7 +453,7 @@ class S3Store:
                     continue
                 target = {"Key": item["Key"]}
                 version = item.get("VersionId")
-                if version and version != "null":
+                if version:  # "null" too: without it, versioning on adds a marker over it
                     target["VersionId"] = version
                 targets.append(target)
         deleted = refused = 0
