@@ -334,6 +334,24 @@ def test_shredding_deletes_a_record_written_before_versioning_was_enabled(
                 s3_client.delete_object(Bucket=name, Key=item["Key"], VersionId=item["VersionId"])
 
 
+def test_shredding_a_directory_store_deletes_stray_copies_of_the_records(
+    directory: DirectoryKeyObjects,
+) -> None:
+    """A writer killed between writing its temporary file and renaming it leaves a dot-file
+    copy of the record; an operator may leave a backup beside it: shred deletes them all."""
+    keyring = cse.Keyring.generate()
+    keys = _store(directory, keyring)
+    sealed = _seal(keys, "acme", "a")
+    folder = directory.root / "acme"
+    record = (folder / "1.json").read_bytes()
+    for stray in (".1.json.4242.0a1b2c3d4e5f", "1.json.bak", "1-copy.json"):
+        (folder / stray).write_bytes(record)
+    keys.shred("acme")
+    assert sorted(entry.name for entry in folder.iterdir()) == ["shredded.json"]
+    with pytest.raises(ShreddedKey):
+        _open(_store(directory, keyring), "a", sealed)
+
+
 def test_an_unknown_tenant_key_is_unknown_not_shredded(directory: DirectoryKeyObjects) -> None:
     keyring = cse.Keyring.generate()
     sealed = _seal(_store(directory, keyring), "acme", "a")

@@ -375,10 +375,14 @@ class DirectoryKeyObjects:
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temporary = target.parent / f".{target.name}.{os.getpid()}.{os.urandom(6).hex()}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+        except BaseException:
+            temporary.unlink(missing_ok=True)  # no stray copy of a key record (a full disk)
+            raise
         return temporary
 
     def create(self, name: str, data: bytes) -> bool:
@@ -424,11 +428,19 @@ class DirectoryKeyObjects:
                         yield name
 
     def destroy(self, under: str, keep: str) -> tuple[int, int]:
+        """Every file in the tenant's folder but ``keep``: records, and any copy beside them
+        (a temporary file a killed writer left, an editor's backup), whatever its name."""
+        tenant, slash, rest = under.partition("/")
+        if not slash or rest:
+            raise ValueError("destroy takes one tenant's folder, '<tenant>/'")
+        folder = self.root / validate_tenant_id(tenant)
+        kept = self._path(keep)
         deleted = 0
-        for name in list(self.names(under)):
-            if name != keep:
-                self._path(name).unlink(missing_ok=True)
-                deleted += 1
+        if folder.is_dir():
+            for entry in sorted(folder.iterdir()):
+                if entry != kept and not entry.is_dir():
+                    entry.unlink(missing_ok=True)
+                    deleted += 1
         return deleted, 0
 
 
