@@ -4,6 +4,7 @@ root rotation, both roots (local and KMS), the backend's selector and the comman
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -263,6 +264,72 @@ def test_the_cache_is_bounded_and_expires(directory: DirectoryKeyObjects) -> Non
     now[0] = 11.0
     with pytest.raises(ShreddedKey):
         _open(keys, "t9", sealed["t9"])
+
+
+def test_expired_keys_leave_the_cache_unasked(directory: DirectoryKeyObjects) -> None:
+    """Past ``cache_seconds`` a KEK leaves memory at the store's next use, even if nobody asks
+    for that key again (a shredded tenant's key is not kept for days)."""
+    keyring = cse.Keyring.generate()
+    now = [0.0]
+    keys = _store(directory, keyring, cache_seconds=10, clock=lambda: now[0])
+    _seal(keys, "acme", "a")
+    assert keys.cached() == 1
+    now[0] = 11.0
+    _seal(keys, "bob", "b")
+    assert keys.cached() == 1 and all("acme" not in kek for kek in keys._keys)
+
+
+@pytest.mark.parametrize("age", [float("nan"), float("inf"), -1.0])
+def test_a_cache_age_must_be_finite(directory: DirectoryKeyObjects, age: float) -> None:
+    with pytest.raises(ValueError):
+        _store(directory, cse.Keyring.generate(), cache_seconds=age)
+
+
+def test_a_shredded_tenants_key_is_never_used_again_even_if_its_record_reappears(
+    directory: DirectoryKeyObjects,
+) -> None:
+    """The tombstone wins: a record restored from a backup, or put back by a rewrap racing the
+    shred, opens nothing."""
+    keyring = cse.Keyring.generate()
+    keys = _store(directory, keyring)
+    sealed = _seal(keys, "acme", "a")
+    record = (directory.root / "acme" / "1.json").read_bytes()
+    keys.shred("acme")
+    (directory.root / "acme" / "1.json").write_bytes(record)  # back from a backup
+    with pytest.raises(ShreddedKey):
+        _open(_store(directory, keyring), "a", sealed)
+    with pytest.raises(ShreddedKey):
+        _seal(_store(directory, keyring), "acme", "again")
+
+
+def test_a_failed_rotation_leaves_no_tenant_key_in_its_frames(
+    directory: DirectoryKeyObjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails after the new KEK was made (a timeout once the write was applied):
+    the traceback's frames hold no copy of the key."""
+    keys = _store(directory, cse.Keyring.generate())
+    _seal(keys, "acme", "a")
+    made: list[bytes] = []
+    urandom = os.urandom
+
+    def recorded(size: int) -> bytes:
+        made.append(urandom(size))
+        return made[-1]
+
+    def failing(name: str, data: bytes) -> bool:
+        raise TimeoutError("the write timed out")
+
+    monkeypatch.setattr(os, "urandom", recorded)
+    monkeypatch.setattr(directory, "create", failing)
+    with pytest.raises(TimeoutError) as caught:
+        keys.new_version("acme")
+    keys_made = [m for m in made if len(m) == 32]
+    assert keys_made
+    tb = caught.value.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            assert not any(isinstance(value, bytes) and key in value for key in keys_made)
+        tb = tb.tb_next
 
 
 def test_building_a_backend_reads_no_tenant_key(make_app: Any, store: S3Store, bucket: str) -> None:

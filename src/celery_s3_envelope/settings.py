@@ -8,6 +8,7 @@ wherever it is read. A bad value raises Celery's ``ImproperlyConfigured`` naming
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -214,6 +215,8 @@ def setting_float(
         number = float(value)
     except (TypeError, ValueError):
         raise ImproperlyConfigured(f"{name} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise ImproperlyConfigured(f"{name} must be a finite number, not {value!r}")
     if number < 0 or (number == 0 and not zero_ok):
         raise ImproperlyConfigured(
             f"{name} must be {'>= 0' if zero_ok else 'positive'}, not {number}"

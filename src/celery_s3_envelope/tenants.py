@@ -26,6 +26,7 @@ import binascii
 import hashlib
 import importlib
 import json
+import math
 import os
 import re
 import threading
@@ -79,6 +80,8 @@ lists it apart (``ops.sweep.is_key_store``)."""
 DEFAULT_CACHE_SIZE = 1000
 DEFAULT_CACHE_SECONDS = 300.0
 MAX_RECORD_SIZE = 64 * 1024
+MAX_KEK_ID = 255
+"""A root KEK id a record may name (an envelope's key slot holds no longer id)."""
 
 
 # -- tenant ids and tenant KEK ids ------------------------------------------------------------
@@ -226,6 +229,10 @@ class _Record:
 
 
 def _parse_record(data: bytes, kek_id: str) -> _Record:
+    if len(data) > MAX_RECORD_SIZE:
+        raise KeyringError(
+            f"tenant key record of {kek_id!r} is larger than {MAX_RECORD_SIZE} bytes"
+        )
     try:
         raw = json.loads(data)
         if not isinstance(raw, dict) or raw.get("format") != RECORD_FORMAT:
@@ -234,7 +241,7 @@ def _parse_record(data: bytes, kek_id: str) -> _Record:
         record = _Record(
             kek_id=str(raw["kek_id"]),
             created=created if created.tzinfo else created.replace(tzinfo=UTC),
-            root_kek_id=str(raw["root_kek_id"]),
+            root_kek_id=_bounded_id(raw["root_kek_id"]),
             root_method=WrapMethod[str(raw["root_method"]).upper()],
             salt=base64.b64decode(str(raw["salt"]), validate=True),
             wrapped=base64.b64decode(str(raw["wrapped"]), validate=True),
@@ -242,6 +249,14 @@ def _parse_record(data: bytes, kek_id: str) -> _Record:
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise KeyringError(f"tenant key record of {kek_id!r} is malformed") from None
     return record
+
+
+def _bounded_id(value: object) -> str:
+    """A KEK id read from a record: a string of at most ``MAX_KEK_ID`` characters (it is quoted
+    in errors), else ``ValueError`` (the record is malformed)."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_KEK_ID:
+        raise ValueError
+    return value
 
 
 @scrubbed
@@ -481,8 +496,8 @@ class TenantKeyStore:
         cache_seconds: float = DEFAULT_CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if cache_size < 1 or cache_seconds < 0:
-            raise ValueError("the tenant key cache needs a size >= 1 and an age >= 0")
+        if cache_size < 1 or not 0 <= cache_seconds < math.inf:
+            raise ValueError("the tenant key cache needs a size >= 1 and a finite age >= 0")
         self.objects = objects
         self.keyring = keyring
         self.cache_size = cache_size
@@ -492,6 +507,7 @@ class TenantKeyStore:
         self._lock = threading.Lock()
         self._keys: OrderedDict[str, tuple[float, LocalKey]] = OrderedDict()
         self._active: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._next_purge = 0.0
 
     def __repr__(self) -> str:
         return f"TenantKeyStore({self.objects.location!r}, cached={len(self._keys)})"
@@ -508,9 +524,21 @@ class TenantKeyStore:
             self._keys = OrderedDict()
             self._active = OrderedDict()
 
+    def _purge(self) -> None:
+        """Drop expired entries, from both tables, at most once a second (called holding the
+        lock): a key past its age leaves memory even if nobody asks for it again."""
+        now = self._clock()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + 1.0
+        for table in (self._keys, self._active):
+            for name in [name for name, (expires, _) in table.items() if expires <= now]:
+                del table[name]
+
     def _cached(self, table: OrderedDict[str, tuple[float, Any]], name: str) -> Any:
         self._fresh()
         with self._lock:
+            self._purge()
             found = table.get(name)
             if found is None:
                 return None
@@ -524,6 +552,7 @@ class TenantKeyStore:
         if self.cache_seconds == 0:
             return
         with self._lock:
+            self._purge()
             table[name] = (self._clock() + self.cache_seconds, value)
             table.move_to_end(name)
             while len(table) > self.cache_size:
@@ -566,6 +595,7 @@ class TenantKeyStore:
             kek_id,
         )
 
+    @scrubbed
     def get(self, kek_id: str) -> LocalKey:
         """The tenant KEK ``kek_id``: ``ShreddedKey`` when its tenant was shredded,
         ``UnknownKey`` when the store never held it (or the id is malformed)."""
@@ -577,9 +607,11 @@ class TenantKeyStore:
             return cached  # type: ignore[no-any-return]
         tenant, version = parsed
         found = self.objects.read(f"{tenant}/{version}")
+        # The tombstone wins: a record that reappears after a shred (a restored backup, a
+        # rewrap or a rotation racing the shred) is never used.
+        if self.is_shredded(tenant):
+            raise self._shredded(kek_id)
         if found is None:
-            if self.is_shredded(tenant):
-                raise self._shredded(kek_id)
             raise UnknownKey(
                 f"KEK {kek_id!r} is not in the tenant key store at {self.location!r}", kek_id
             )
@@ -587,6 +619,7 @@ class TenantKeyStore:
         self._remember(self._keys, kek_id, entry)
         return entry
 
+    @scrubbed
     def active(self, tenant: str) -> LocalKey:
         """``tenant``'s sealing KEK (its highest version), created on first use."""
         validate_tenant_id(tenant)
@@ -602,6 +635,7 @@ class TenantKeyStore:
         return self.get(kek_id)
 
     # -- writing ------------------------------------------------------------------------------
+    @scrubbed
     def _create(self, tenant: str, version: int) -> bool:
         """Write version ``version`` of ``tenant``'s KEK create-only; False when another
         process wrote it first (its key is then the one everybody uses)."""
@@ -610,6 +644,7 @@ class TenantKeyStore:
         record = _wrap_record(kek_id, material, self.keyring.active, datetime.now(UTC))
         return self.objects.create(f"{tenant}/{version}", record)
 
+    @scrubbed
     def new_version(self, tenant: str) -> str:
         """A new KEK for ``tenant`` (``rotate --tenant``): its id; every process seals under it
         within ``cache_seconds``."""
@@ -651,6 +686,7 @@ class TenantKeyStore:
             )
         return deleted
 
+    @scrubbed
     def rewrap_root(self, *, dry_run: bool = False) -> RootRewrap:
         """Rewrap every tenant KEK record not under the keyring's active KEK (root rotation):
         reads and writes only the key store's records, never a result."""
