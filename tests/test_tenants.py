@@ -680,3 +680,14 @@ def test_a_shred_the_server_partly_refuses_fails_and_a_rerun_finishes(
     assert [info.key for info in store.list(f"celery/{KEY_STORE_DIR}acme/")] == [
         f"celery/{KEY_STORE_DIR}acme/shredded"
     ]
+
+
+def test_a_scan_of_the_whole_bucket_lists_the_key_store_apart(make_app: Any) -> None:
+    """The key store under celery/ met by a scan of the bucket's root: foreign records, never
+    plaintext (exit 0, not 3)."""
+    app = _app(make_app)
+    backend_of(app).store_result("a-0", 0, "SUCCESS", request=_Request("acme"))
+    scanned = invoke(envelope, "scan", "--prefix", "", "--json", app=app)
+    assert scanned.exit_code == 0, scanned.output
+    document = json.loads(scanned.output)
+    assert document["plaintext"] == 0 and document["foreign"] == 1

@@ -20,7 +20,7 @@ import click
 from ..envelope import MAX_HEADER_SIZE, PREAMBLE_SIZE
 from ..errors import SizeLimitExceeded, error_code
 from ..ops.context import S3_SCHEME, Context, Prefix, SettingsError
-from ..ops.sweep import holds_run_state
+from ..ops.sweep import holds_run_state, is_key_store
 from ..pipeline import DEFAULT_MAX_SIZE, largest_envelope
 from .status import ConfigurationError, Status
 
@@ -186,8 +186,8 @@ def expand(context: Context, prefix: Prefix) -> Iterator[Source]:
     store = context.store(prefix.bucket)
     with aws_errors():
         for info in store.list(prefix.prefix):
-            if holds_run_state(info.key):  # a --distributed run's own JSON, not a result
-                continue
+            if holds_run_state(info.key) or is_key_store(info.key, ""):
+                continue  # a --distributed run's own JSON, a tenant key record: not results
             yield Source(
                 name=f"{S3_SCHEME}{prefix.bucket}/{info.key}",
                 bucket=prefix.bucket,

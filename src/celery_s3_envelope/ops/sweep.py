@@ -39,9 +39,10 @@ KEY_STORE_DIR = ".envelope-tenant-keys/"
 
 
 def is_key_store(key: str, prefix: str) -> bool:
-    """A tenant key store's record under ``prefix``: no sweep touches it (``migrate`` must never
-    seal it, ``rotate`` never rewrap it), and ``scan`` lists it as foreign with that reason."""
-    return key.startswith(prefix + KEY_STORE_DIR)
+    """A tenant key store's record under ``prefix``, at any depth (a scan of the whole bucket
+    meets the store of every prefix below it): no sweep touches it (``migrate`` must never seal
+    it, ``rotate`` never rewrap it), and ``scan`` lists it as foreign with that reason."""
+    return key.startswith(prefix) and f"/{KEY_STORE_DIR}" in f"/{key[len(prefix) :]}"
 
 
 def is_run_state(key: str, prefix: str) -> bool:
