@@ -691,3 +691,26 @@ def test_a_scan_of_the_whole_bucket_lists_the_key_store_apart(make_app: Any) -> 
     assert scanned.exit_code == 0, scanned.output
     document = json.loads(scanned.output)
     assert document["plaintext"] == 0 and document["foreign"] == 1
+
+
+def test_a_key_store_path_that_is_not_a_directory_fails_in_one_line(
+    keyring_file: Path, tmp_path: Path
+) -> None:
+    sealed = tmp_path / "result.bin"
+    keys_dir = tmp_path / "keys"
+    keys = _store(DirectoryKeyObjects(keys_dir), cse.Keyring.from_file(keyring_file))
+    sealed.write_bytes(_seal(keys, "acme", "celery-task-meta-x"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a key store")
+    for where in (a_file, tmp_path / "missing"):
+        result = invoke(
+            envelope, "decode", sealed, "--keyring", keyring_file, "--tenant-keys", where
+        )
+        assert result.exit_code == 2, result.output
+        assert len(result.stderr.splitlines()) == 1 and "is not a directory" in result.stderr
+    with pytest.raises(KeyringError, match="tenant key store"):  # a worker's store, the same
+        _open(
+            _store(DirectoryKeyObjects(a_file), keys.keyring),
+            "celery-task-meta-x",
+            sealed.read_bytes(),
+        )

@@ -33,6 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -372,6 +373,17 @@ class DirectoryKeyObjects:
         self.location = str(self.root)
         self._lock = threading.Lock()
 
+    @contextmanager
+    def _os_errors(self) -> Iterator[None]:
+        """An ``OSError`` (not a directory, no permission, a full disk) as one ``KeyringError``
+        naming the store, never a traceback from deep in the file system."""
+        try:
+            yield
+        except OSError as exc:
+            raise KeyringError(
+                f"tenant key store {self.location!r}: {exc.strerror or type(exc).__name__}"
+            ) from None
+
     def _path(self, name: str) -> Path:
         tenant, _, leaf = name.partition("/")
         validate_tenant_id(tenant)
@@ -380,11 +392,12 @@ class DirectoryKeyObjects:
         return self.root / tenant / f"{leaf}.json"
 
     def read(self, name: str) -> tuple[bytes, str] | None:
-        try:
-            data = self._path(name).read_bytes()
-        except FileNotFoundError:
-            return None
-        return data, hashlib.sha256(data).hexdigest()
+        with self._os_errors():
+            try:
+                data = self._path(name).read_bytes()
+            except FileNotFoundError:
+                return None
+            return data, hashlib.sha256(data).hexdigest()
 
     def _temporary(self, target: Path, data: bytes) -> Path:
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -401,18 +414,19 @@ class DirectoryKeyObjects:
         return temporary
 
     def create(self, name: str, data: bytes) -> bool:
-        target = self._path(name)
-        temporary = self._temporary(target, data)
-        try:
-            os.link(temporary, target)
-        except FileExistsError:
-            return False
-        finally:
-            temporary.unlink()
-        return True
+        with self._os_errors():
+            target = self._path(name)
+            temporary = self._temporary(target, data)
+            try:
+                os.link(temporary, target)
+            except FileExistsError:
+                return False
+            finally:
+                temporary.unlink()
+            return True
 
     def replace(self, name: str, data: bytes, tag: str) -> bool:
-        with self._lock:
+        with self._os_errors(), self._lock:
             current = self.read(name)
             if current is None or current[1] != tag:
                 return False
@@ -421,42 +435,45 @@ class DirectoryKeyObjects:
             return True
 
     def put(self, name: str, data: bytes) -> None:
-        target = self._path(name)
-        os.replace(self._temporary(target, data), target)
+        with self._os_errors():
+            target = self._path(name)
+            os.replace(self._temporary(target, data), target)
 
     def names(self, under: str = "") -> Iterator[str]:
-        if not self.root.is_dir():
-            return
-        # One tenant's records (``<tenant>/...``, a tenant's first use) read that tenant's
-        # folder only: the cost of a first use does not grow with the number of tenants.
-        tenant, slash, _ = under.partition("/")
-        if slash and not TENANT_ID.match(tenant):
-            return
-        folders = [self.root / tenant] if slash else sorted(self.root.iterdir())
-        for folder in folders:
-            if not folder.is_dir() or not TENANT_ID.match(folder.name):
-                continue
-            for file in sorted(folder.iterdir()):
-                if file.suffix == ".json" and not file.name.startswith("."):
-                    name = f"{folder.name}/{file.stem}"
-                    if name.startswith(under):
-                        yield name
+        with self._os_errors():
+            if not self.root.is_dir():
+                return
+            # One tenant's records (``<tenant>/...``, a tenant's first use) read that tenant's
+            # folder only: the cost of a first use does not grow with the number of tenants.
+            tenant, slash, _ = under.partition("/")
+            if slash and not TENANT_ID.match(tenant):
+                return
+            folders = [self.root / tenant] if slash else sorted(self.root.iterdir())
+            for folder in folders:
+                if not folder.is_dir() or not TENANT_ID.match(folder.name):
+                    continue
+                for file in sorted(folder.iterdir()):
+                    if file.suffix == ".json" and not file.name.startswith("."):
+                        name = f"{folder.name}/{file.stem}"
+                        if name.startswith(under):
+                            yield name
 
     def destroy(self, under: str, keep: str) -> tuple[int, int]:
         """Every file in the tenant's folder but ``keep``: records, and any copy beside them
         (a temporary file a killed writer left, an editor's backup), whatever its name."""
-        tenant, slash, rest = under.partition("/")
-        if not slash or rest:
-            raise ValueError("destroy takes one tenant's folder, '<tenant>/'")
-        folder = self.root / validate_tenant_id(tenant)
-        kept = self._path(keep)
-        deleted = 0
-        if folder.is_dir():
-            for entry in sorted(folder.iterdir()):
-                if entry != kept and not entry.is_dir():
-                    entry.unlink(missing_ok=True)
-                    deleted += 1
-        return deleted, 0
+        with self._os_errors():
+            tenant, slash, rest = under.partition("/")
+            if not slash or rest:
+                raise ValueError("destroy takes one tenant's folder, '<tenant>/'")
+            folder = self.root / validate_tenant_id(tenant)
+            kept = self._path(keep)
+            deleted = 0
+            if folder.is_dir():
+                for entry in sorted(folder.iterdir()):
+                    if entry != kept and not entry.is_dir():
+                        entry.unlink(missing_ok=True)
+                        deleted += 1
+            return deleted, 0
 
 
 # -- the key store ----------------------------------------------------------------------------

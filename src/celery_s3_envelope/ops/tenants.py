@@ -45,6 +45,8 @@ def key_objects(context: Context, target: Prefix | None, location: str | None) -
 
     if not os.path.isabs(path):
         raise SettingsError("--tenant-keys takes 'bucket' or a directory's absolute path")
+    if not os.path.isdir(path):
+        raise SettingsError(f"--tenant-keys: {path!r} is not a directory")
     return DirectoryKeyObjects(path)
 
 
