@@ -42,6 +42,7 @@ from celery_s3_envelope.tenants import (
 )
 from support.apps import backend_of
 from support.cli import invoke
+from support.keys import with_active_k2
 from support.kms import kms_key_arn
 from support.s3 import count_requests, fresh_bucket
 
@@ -714,3 +715,20 @@ def test_a_key_store_path_that_is_not_a_directory_fails_in_one_line(
             "celery-task-meta-x",
             sealed.read_bytes(),
         )
+
+
+def test_root_rotation_rewraps_every_good_record_past_a_bad_one(
+    directory: DirectoryKeyObjects,
+) -> None:
+    """A malformed record (sorted between good ones) is counted as failed and logged; the
+    records after it are rewrapped all the same."""
+    keyring = cse.Keyring.generate("k1")
+    keys = _store(directory, keyring)
+    sealed = {tenant: _seal(keys, tenant, tenant) for tenant in ("aaa", "mmm", "zzz")}
+    (directory.root / "mmm" / "1.json").write_bytes(b'{"format": "junk"}')
+    rotated = with_active_k2(keyring)
+    done = _store(directory, rotated).rewrap_root()
+    assert (done.listed, done.rewrapped, done.failed) == (3, 2, 1)
+    only_new_root = rotated.with_state("k1", KeyState.RETIRED)
+    for tenant in ("aaa", "zzz"):
+        assert _open(_store(directory, only_new_root), tenant, sealed[tenant]) == "v"

@@ -214,8 +214,16 @@ def _rotate_tenants(
             click.echo(
                 f"rotate --root {safe(keys.location)} -> KEK {safe(keyring.active.id)}: "
                 f"{done.listed:,} tenant KEKs, {verb} {done.rewrapped:,}, current "
-                f"{done.current:,}, changed meanwhile {done.changed:,}; no result touched"
+                f"{done.current:,}, changed meanwhile {done.changed:,}, failed {done.failed:,}; "
+                "no result touched"
             )
+        if done.failed:
+            click.echo(
+                f"Error: {done.failed:,} tenant KEK records did not open (the log names each): "
+                "they stay under their old root KEK; do not retire it",
+                err=True,
+            )
+            sys.exit(Status.DAMAGED)
         return
     known = known_tenant(keys, name)
     if known.shredded:
