@@ -91,6 +91,39 @@ def test_the_body_opens_only_for_its_own_task_id(app: Celery) -> None:
         messages._expected.reset(token)
 
 
+def test_a_task_published_from_a_publish_signal_leaves_the_outer_message_bound(
+    app: Celery,
+) -> None:
+    """A ``before_task_publish`` receiver of the user's that publishes a task of its own (an
+    audit task): both messages are bound to their own ids, both reprs redacted."""
+    from celery import signals
+
+    def audit(sender: Any = None, **_: Any) -> None:
+        if sender == "t":
+            app.send_task("audit", args=(SECRET,))
+
+    signals.before_task_publish.connect(audit, weak=False)
+    try:
+        with Connection(app.conf.broker_url) as connection:
+            queue = connection.SimpleQueue("celery", no_ack=True, accept=[CONTENT_TYPE])
+            app.send_task("t", args=(SECRET,))
+            got = [queue.get(timeout=5) for _ in range(2)]
+            queue.close()
+    finally:
+        signals.before_task_publish.disconnect(audit)
+    assert {m.headers["task"] for m in got} == {"t", "audit"}
+    for message in got:
+        assert cse.inspect(message.body).key == binding(message.headers["id"])
+        assert message.headers["argsrepr"].startswith("<sealed: tuple, ")
+
+
+def test_task_protocol_1_is_refused_at_publish(keyring: cse.Keyring) -> None:
+    """Protocol 1 keeps the task id inside the body, where the seal cannot be bound to it."""
+    app = envelope_app(keyring, task_protocol=1)
+    with current(app), pytest.raises(EncodeError, match="task protocol 2"):
+        app.send_task("t", args=(SECRET,))
+
+
 def test_a_result_envelope_is_not_a_task_message(app: Celery, keyring: cse.Keyring) -> None:
     """Sealed by the same keyring for an S3 key (someone with read access to the bucket copies
     a result onto the broker): the decoder refuses it, with or without a task id to check."""

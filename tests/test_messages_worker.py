@@ -45,6 +45,7 @@ TIMEOUT = 60.0
 HOLD = "hold"
 """A queue no worker consumes: messages wait there to be copied, changed, onto the worker's."""
 TAMPERED = ("flipped", "truncated", "swapped")
+HOSTILE = ("no-task-header", "empty", "no-reprs")
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Run:
     broker_text: dict[Path, str] = field(default_factory=dict)
     states: dict[str, str] = field(default_factory=dict)
     ids: dict[str, str] = field(default_factory=dict)
+    clear: set[str] = field(default_factory=set)
+    """Task ids of the messages the test itself put on the broker in clear (JSON)."""
 
     def plaintexts(self) -> list[str]:
         """The token is in every task's arguments; the secrets are results (and a chain's
@@ -125,6 +128,41 @@ def _hold_and_tamper(app: Celery, run: Run, queue_folder: Path) -> None:
     run.refused = {case: messages[n]["headers"]["id"] for n, case in enumerate(TAMPERED)}
 
 
+def _hostile(app: Celery, run: Run, queue_folder: Path) -> dict[str, AsyncResult]:
+    """Copies of sealed messages changed by someone with write access to the broker: without
+    their ``task`` header (Celery would decode the body itself, looking for protocol 1), with an
+    empty body, without ``argsrepr`` / ``kwargsrepr`` (valid: it runs, and Celery must not log
+    the arguments instead); and a JSON message in protocol 1's form (no ``task`` header)."""
+    echo = app.tasks["e2e.echo"]
+    held = {
+        case: echo.apply_async((110 + n, run.token), queue=HOLD) for n, case in enumerate(HOSTILE)
+    }
+    _wait(lambda: len(message_files(queue_folder, HOLD)) == 6, "held messages", lambda: None)
+    by_id = {
+        read_message(path)["headers"]["id"]: read_message(path)
+        for path in message_files(queue_folder, HOLD)
+    }
+    messages = {case: by_id[result.id] for case, result in held.items()}
+    no_task = json.loads(json.dumps(messages["no-task-header"]))
+    del no_task["headers"]["task"]
+    put_message(queue_folder, "celery", no_task, body_of(messages["no-task-header"]))
+    put_message(queue_folder, "celery", messages["empty"], b"")
+    no_reprs = json.loads(json.dumps(messages["no-reprs"]))
+    for name in ("argsrepr", "kwargsrepr"):
+        del no_reprs["headers"][name]
+    put_message(queue_folder, "celery", no_reprs, body_of(messages["no-reprs"]))
+    run.refused |= {case: held[case].id for case in ("no-task-header", "empty")}
+    v1_id = str(uuid.uuid4())
+    v1 = json.loads(json.dumps(messages["empty"]))
+    v1.update({"headers": {"id": v1_id}, "content-type": "application/json"})
+    v1["content-encoding"] = "utf-8"
+    body = {"task": "e2e.echo", "id": v1_id, "args": [201, run.token], "kwargs": {}}
+    put_message(queue_folder, "celery", v1, json.dumps(body).encode())
+    run.refused["unsealed-v1"] = v1_id
+    run.clear.add(v1_id)
+    return {"no-reprs": held["no-reprs"]}
+
+
 def _unsealed(app: Celery, run: Run) -> None:
     """A plain JSON task message from an app that does not seal, to the worker's queue."""
     plain = Celery("plain", set_as_current=False)
@@ -135,6 +173,7 @@ def _unsealed(app: Celery, run: Run) -> None:
     )
     result = plain.send_task("e2e.echo", args=(200, run.token), kwargs={})
     run.refused["unsealed"] = result.id
+    run.clear.add(result.id)
 
 
 def _workflow(app: Celery, run: Run) -> dict[str, AsyncResult]:
@@ -148,6 +187,9 @@ def _workflow(app: Celery, run: Run) -> dict[str, AsyncResult]:
         "keywords": t["e2e.keywords"].apply_async(kwargs={"number": 6, "token": token}),
         "retry": t["e2e.flaky"].delay(7, token),
         "failure": t["e2e.fail"].delay(8, token),
+        # a short name and id: Celery's "TaskPool: Apply" DEBUG line shows the request's
+        # arguments within its 1,024-character cut
+        "short": t["e2e.echo"].apply_async((9, token), task_id=f"s-{token[:6]}"),
     }
     run.expected = {
         "chain": {"from": secret("result", token, 1)[-8:], "secret": secret("relay", token, 1)},
@@ -156,6 +198,8 @@ def _workflow(app: Celery, run: Run) -> dict[str, AsyncResult]:
         "keywords": {"number": 6, "secret": secret("keywords", token, 6)},
         "retry": {"retries": 1, "secret": secret("retried", token, 7)},
         "failure": secret("failure", token, 8),
+        "short": {"number": 9, "secret": secret("result", token, 9)},
+        "no-reprs": {"number": 112, "secret": secret("result", token, 112)},
         # the chain's first result: the second task's argument, never printed or stored in clear
         "chain-first": {"number": 1, "secret": secret("result", token, 1)},
         "chord-parts": [{"number": n, "secret": secret("result", token, n)} for n in (2, 3)],
@@ -198,9 +242,10 @@ def run(s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> Ru
         app.conf.envelope_keyring = str(publisher_keys)
         with current(app), collecting_events(app) as events:
             _hold_and_tamper(app, run, folders["queue"])
+            hostile = _hostile(app, run, folders["queue"])
             _unsealed(app, run)
-            sent = _workflow(app, run)
-            for name in ("chain", "chord", "keywords", "retry"):
+            sent = _workflow(app, run) | hostile
+            for name in ("chain", "chord", "keywords", "retry", "short", "no-reprs"):
                 run.results[name] = sent[name].get(timeout=TIMEOUT, propagate=False)
             run.results["group"] = sent["group"].get(timeout=TIMEOUT)
             failure = sent["failure"]
@@ -242,7 +287,8 @@ def run(s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> Ru
 
 
 def test_every_result_is_correct(run: Run) -> None:
-    for name in ("chain", "chord", "group", "keywords", "retry", "chain-first", "chord-parts"):
+    names = ("chain", "chord", "group", "keywords", "retry", "chain-first", "chord-parts")
+    for name in (*names, "short", "no-reprs"):
         assert run.results[name] == run.expected[name], name
     failure = run.results["failure"]
     assert isinstance(failure, E2EFailure) and str(failure) == run.expected["failure"]
@@ -258,8 +304,9 @@ def test_no_plaintext_on_the_broker_in_the_log_or_in_events(run: Run) -> None:
         if path in held_plain:
             continue
         leaked = [p for p in plaintexts if p in text]
-        unsealed_copy = json.dumps(run.refused["unsealed"]) in text or (
-            run.refused["unsealed"] in text and '"content-type": "application/json"' in text
+        unsealed_copy = any(
+            task_id in text and '"content-type": "application/json"' in text
+            for task_id in run.clear
         )
         if unsealed_copy:  # the attacker's plaintext message itself, as it was delivered
             continue
@@ -295,6 +342,8 @@ def test_argsrepr_and_task_received_events_carry_markers(run: Run) -> None:
     for path, text in run.broker_text.items():
         if path.parent.name == "processed" and CONTENT_TYPE in text:
             headers = json.loads(path.read_text())["headers"]
+            if headers.get("id") == run.ids["no-reprs"] and "argsrepr" not in headers:
+                continue  # the copy the test stripped of its reprs
             assert headers["argsrepr"].startswith("<sealed: tuple, ")
             assert headers["kwargsrepr"].startswith("<sealed: dict, ")
 
@@ -334,3 +383,20 @@ def test_an_unsealed_message_is_refused_through_celerys_content_disallowed_path(
     text = _refusal(run, "unsealed")
     assert "Refusing to deserialize untrusted content of type 'application/json'" in text
     assert "Received invalid task message" in text  # Celery's own message: its path, rejected
+
+
+def test_a_sealed_message_without_its_task_header_is_refused_undecoded(run: Run) -> None:
+    """Celery would decode it itself to look for a protocol 1 body, and log what it found."""
+    text = _refusal(run, "no-task-header")
+    assert "sealed, without task and id headers" in text
+
+
+def test_an_empty_body_is_refused_and_the_worker_carries_on(run: Run) -> None:
+    text = _refusal(run, "empty")
+    assert "no body to open" in text
+    assert run.results["short"] == run.expected["short"]  # sent after it, run
+
+
+def test_a_clear_protocol_1_message_is_refused_without_its_body_in_the_log(run: Run) -> None:
+    text = _refusal(run, "unsealed-v1")
+    assert "unsealed, no task header" in text

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import logging
 import os
 import sys
 import threading
@@ -63,6 +64,7 @@ TASK_BINDING = CONTENT_TYPE + "; task="
 KMS_SCOPE = "celery-task-messages"
 """The KMS encryption context's ``scope`` for message envelopes (results use ``bucket/prefix``)."""
 WITHHELD = "<withheld by the envelope serializer: {} bytes>"
+APPLY_WITHHELD = "<withheld: a sealed task's request>"
 
 
 def binding(task_id: str | None) -> str:
@@ -209,15 +211,25 @@ def forget(app: Any) -> None:
 
 # -- the publishing side ------------------------------------------------------------------------
 _publishing = threading.local()
-"""The body and headers of the task message Celery is publishing on this thread."""
+"""The bodies and headers of the task messages Celery is publishing on this thread."""
 
 
 def _before_publish(sender: Any = None, body: Any = None, headers: Any = None, **_: Any) -> None:
-    _publishing.current = (body, headers) if isinstance(headers, dict) else None
+    # Keyed by the body: a receiver of the same signal may publish a task of its own (nested),
+    # and each encode must find its own message's headers.
+    if isinstance(headers, dict):
+        _in_flight()[id(body)] = (body, headers)
 
 
-def _after_publish(**_: Any) -> None:
-    _publishing.current = None
+def _after_publish(body: Any = None, **_: Any) -> None:
+    _in_flight().pop(id(body), None)
+
+
+def _in_flight() -> dict[int, tuple[Any, dict[str, Any]]]:
+    found: dict[int, tuple[Any, dict[str, Any]]] | None = getattr(_publishing, "messages", None)
+    if found is None:
+        found = _publishing.messages = {}
+    return found
 
 
 def _connect(signals: Any) -> None:
@@ -303,10 +315,17 @@ def encode(body: Any) -> bytes:
     from kombu.utils.json import dumps
 
     _ensure_connected()
-    current = getattr(_publishing, "current", None)
+    current = _in_flight().get(id(body))
     headers: dict[str, Any] | None = None
     if current is not None and current[0] is body:
         headers = current[1]
+    if isinstance(body, dict) and {"task", "id", "args"} <= body.keys():
+        from kombu.exceptions import EncodeError
+
+        raise EncodeError(
+            "the envelope serializer needs Celery's task protocol 2 (task_protocol = 2, the "
+            "default): a protocol 1 message carries its task id inside the sealed body"
+        )
     task_id = headers.get("id") if headers is not None else None
     if headers is not None:
         _redact_reprs(headers)
@@ -393,7 +412,8 @@ SERIALIZER = (encode, decode, CONTENT_TYPE, CONTENT_ENCODING)
 def _withhold(message: Any) -> None:
     """Nothing of a refused message's body or argument reprs reaches Celery's log."""
     body = message.body
-    message.body = WITHHELD.format(len(body) if body is not None else 0).encode()
+    size = len(body) if isinstance(body, bytes | bytearray | str) else 0
+    message.body = WITHHELD.format(size).encode()
     headers = message.headers
     if isinstance(headers, dict):
         for name in ("argsrepr", "kwargsrepr"):
@@ -435,9 +455,16 @@ def checked_strategy(strategy: Callable[..., Any], envelope_only: bool) -> Calla
             return strategy(message, *args, **kwargs)
         headers = message.headers if isinstance(message.headers, dict) else {}
         task_id = headers.get("id")
-        token = _expected.set(binding(task_id) if isinstance(task_id, str) else TASK_BINDING)
+        body = message.body
+        if not isinstance(task_id, str) or not isinstance(body, bytes | str) or not body:
+            who = _who(message)
+            _withhold(message)
+            raise InvalidTaskError(
+                f"refused a sealed task message {who}: no task id header, or no body to open"
+            )
+        token = _expected.set(binding(task_id))
         try:
-            message.decode()  # cached: the strategy's message.payload reads this
+            payload = message.decode()  # cached: the strategy's message.payload reads this
         except Exception as exc:
             reason = _reason(exc)
             who = _who(message)
@@ -447,10 +474,80 @@ def checked_strategy(strategy: Callable[..., Any], envelope_only: bool) -> Calla
             ) from None
         finally:
             _expected.reset(token)
+        _mark_reprs(headers, payload)
         return strategy(message, *args, **kwargs)
 
     check.envelope_checked = True  # type: ignore[attr-defined]
     return check
+
+
+def _mark_reprs(headers: dict[str, Any], payload: Any) -> None:
+    """``argsrepr`` / ``kwargsrepr`` markers where a message lacks them (removed on the way, or
+    a publisher's own): Celery would otherwise log the decoded arguments' reprs in their place."""
+    from celery.utils.saferepr import saferepr
+
+    from .redact_text import result_marker
+
+    values = payload if isinstance(payload, list | tuple) and len(payload) == 3 else ((), {}, {})
+    for name, value in (("argsrepr", values[0]), ("kwargsrepr", values[1])):
+        current = headers.get(name)
+        if not (isinstance(current, str) and current.startswith("<sealed: ")):
+            headers[name] = result_marker(saferepr(value))
+
+
+def _withholding(handler: Callable[..., Any], body_first: bool) -> Callable[..., Any]:
+    """One of the consumer's handlers of refused or unknown messages, after ``_withhold``: what
+    Celery logs of the message is then its headers and a size, never its body."""
+
+    def withheld(*args: Any) -> Any:
+        if body_first:  # (body, message, ...): the body Celery passes may be decoded already
+            _withhold(args[1])
+            return handler(None, *args[1:])
+        _withhold(args[0])  # (message, exc)
+        return handler(*args)
+
+    return withheld
+
+
+def _guarded_handler(create: Callable[..., Any], consumer: Any, envelope_only: bool) -> Any:
+    """The consumer's ``create_task_handler``, whose handler refuses a sealed message without
+    ``task`` and ``id`` headers, and (``envelope_only``) an unsealed one without a ``task``
+    header, before Celery decodes either to look for a protocol 1 body."""
+    from celery.exceptions import InvalidTaskError
+
+    def create_task_handler(*args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        handler = create(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            headers = message.headers if isinstance(message.headers, dict) else {}
+            sealed = message.content_type == CONTENT_TYPE
+            if (sealed and not {"task", "id"} <= headers.keys()) or (
+                envelope_only and not sealed and "task" not in headers
+            ):
+                reason = (
+                    "sealed, without task and id headers" if sealed else "unsealed, no task header"
+                )
+                refused = InvalidTaskError(f"refused a task message {_who(message)}: {reason}")
+                return consumer.on_invalid_task(None, message, refused)
+            return handler(message)
+
+        return on_task_received
+
+    return create_task_handler
+
+
+class _PoolApplyFilter(logging.Filter):
+    """``celery.pool`` at DEBUG logs ``TaskPool: Apply`` with the request Celery built, which
+    holds the decoded arguments: those two fields become a marker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        applying = isinstance(record.msg, str) and record.msg.startswith("TaskPool: Apply")
+        if applying and isinstance(record.args, tuple) and len(record.args) == 3:
+            record.args = (record.args[0], APPLY_WITHHELD, APPLY_WITHHELD)
+        return True
+
+
+_POOL_FILTER = _PoolApplyFilter()
 
 
 def _consumer_step() -> type:
@@ -466,6 +563,15 @@ def _consumer_step() -> type:
             for name, strategy in list(c.strategies.items()):
                 if not getattr(strategy, "envelope_checked", False):
                     c.strategies[name] = checked_strategy(strategy, envelope_only)
+            if getattr(c, "envelope_guarded", False):
+                return
+            c.envelope_guarded = True
+            for name in ("on_unknown_message", "on_invalid_task", "on_unknown_task"):
+                setattr(c, name, _withholding(getattr(c, name), body_first=True))
+            c.on_decode_error = _withholding(c.on_decode_error, body_first=False)
+            if getattr(c, "task_consumer", None) is not None:
+                c.task_consumer.on_decode_error = c.on_decode_error
+            c.create_task_handler = _guarded_handler(c.create_task_handler, c, envelope_only)
 
     return SealedMessages
 
@@ -482,4 +588,7 @@ def install_worker(app: Any) -> bool:
     if app not in _installed:
         app.steps["consumer"].add(_consumer_step())
         _installed.add(app)
+    pool = logging.getLogger("celery.pool")
+    if _POOL_FILTER not in pool.filters:
+        pool.addFilter(_POOL_FILTER)
     return True
