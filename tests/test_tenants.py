@@ -732,3 +732,23 @@ def test_root_rotation_rewraps_every_good_record_past_a_bad_one(
     only_new_root = rotated.with_state("k1", KeyState.RETIRED)
     for tenant in ("aaa", "zzz"):
         assert _open(_store(directory, only_new_root), tenant, sealed[tenant]) == "v"
+
+
+def test_a_tenant_whose_records_were_deleted_by_hand_can_still_be_shredded(
+    make_app: Any, s3_endpoint: Any, s3_client: Any
+) -> None:
+    """On a versioned bucket a deleted record is a noncurrent version: the key survives, and
+    ``shred`` must find and destroy it though the tenant no longer shows in a listing."""
+    with fresh_bucket(s3_client, versioned=True) as name:
+        app = _app(make_app, s3_bucket=name)
+        backend_of(app).store_result("a-0", 0, "SUCCESS", request=_Request("acme"))
+        s3_client.delete_object(Bucket=name, Key=f"celery/{KEY_STORE_DIR}acme/1")
+        shredded = invoke(envelope, "shred", "--tenant", "acme", "--yes", app=app)
+        assert shredded.exit_code == 0, shredded.output
+        left = s3_client.list_object_versions(Bucket=name, Prefix=f"celery/{KEY_STORE_DIR}acme/")
+        assert [v["Key"] for v in left.get("Versions", [])] == [
+            f"celery/{KEY_STORE_DIR}acme/shredded"
+        ]
+        assert not left.get("DeleteMarkers")
+        unknown = invoke(envelope, "shred", "--tenant", "nobody", "--yes", app=app)
+        assert unknown.exit_code == 2  # a name with nothing stored is still a mistake

@@ -438,6 +438,11 @@ class S3Store:
             )
         return len(keys) - len(errors)
 
+    def holds_versions(self, prefix: str) -> bool:
+        """Whether any version or delete marker is stored under ``prefix`` (one request)."""
+        page = self.client.list_object_versions(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        return bool(page.get("Versions") or page.get("DeleteMarkers"))
+
     def destroy_versions(self, prefix: str, *, keep: str | None = None) -> tuple[int, int]:
         """Delete every object under ``prefix`` but ``keep``, and on a versioned bucket every
         stored version of each (noncurrent versions and delete markers too), so nothing under

@@ -316,6 +316,10 @@ class KeyObjects(Protocol):
         (noncurrent versions and delete markers on a versioned bucket); how many were deleted,
         and how many the server refused."""
 
+    def holds_copies(self, under: str) -> bool:
+        """Anything stored under ``under``, noncurrent versions included (what ``destroy``
+        would delete)."""
+
 
 class S3KeyObjects:
     """Records as objects under ``prefix`` in a bucket, through an ``S3Store``."""
@@ -366,6 +370,9 @@ class S3KeyObjects:
     def destroy(self, under: str, keep: str) -> tuple[int, int]:
         kept = self.prefix + keep
         return self.store.destroy_versions(self.prefix + under, keep=kept)
+
+    def holds_copies(self, under: str) -> bool:
+        return self.store.holds_versions(self.prefix + under)
 
 
 class DirectoryKeyObjects:
@@ -478,6 +485,12 @@ class DirectoryKeyObjects:
                         entry.unlink(missing_ok=True)
                         deleted += 1
             return deleted, 0
+
+    def holds_copies(self, under: str) -> bool:
+        with self._os_errors():
+            tenant, slash, _ = under.partition("/")
+            folder = self.root / validate_tenant_id(tenant)
+            return bool(slash) and folder.is_dir() and any(folder.iterdir())
 
 
 # -- the key store ----------------------------------------------------------------------------
@@ -608,6 +621,11 @@ class TenantKeyStore:
 
     def _versions(self, tenant: str) -> list[int]:
         return self._listed(tenant)[0]
+
+    def holds_copies(self, tenant: str) -> bool:
+        """Whether anything of ``tenant`` is stored, noncurrent versions of deleted records
+        included: a tenant whose records were deleted by hand can still be shredded."""
+        return self.objects.holds_copies(f"{validate_tenant_id(tenant)}/")
 
     def is_shredded(self, tenant: str) -> bool:
         return self.objects.read(f"{validate_tenant_id(tenant)}/{TOMBSTONE}") is not None

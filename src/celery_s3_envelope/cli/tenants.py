@@ -190,7 +190,11 @@ def shred(
     context, target = target_of(ctx, options)
     with settings_errors():
         keys = ops.tenant_store(context, target, _NO_ROOT, tenant_keys)
-    known = known_tenant(keys, name)
+    known = next((info for info in keys.tenants() if info.tenant == name), None)
+    if known is None and keys.holds_copies(name):
+        known = TenantInfo(name, (), False)  # records deleted by hand, versions left: shred them
+    if known is None:
+        known = known_tenant(keys, name)  # exits, saying where it looked
     already = known.shredded and not known.versions
     try:
         deleted = keys.shred(name)
