@@ -187,6 +187,15 @@ _sealers: weakref.WeakKeyDictionary[Any, MessageSealer] = weakref.WeakKeyDiction
 _sealers_lock = threading.Lock()
 
 
+def _new_lock_after_fork() -> None:
+    """A child forked while another thread held the lock would wait on it for ever."""
+    global _sealers_lock
+    _sealers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
 def sealer_for(app: Any, headers: Mapping[str, Any] | None = None) -> MessageSealer:
     """Which keyring seals (and opens) a message of ``app``: one per app and per process (a
     forked pool child builds its own). ``headers`` are unused: the tenant is chosen per
