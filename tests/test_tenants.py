@@ -752,3 +752,19 @@ def test_a_tenant_whose_records_were_deleted_by_hand_can_still_be_shredded(
         assert not left.get("DeleteMarkers")
         unknown = invoke(envelope, "shred", "--tenant", "nobody", "--yes", app=app)
         assert unknown.exit_code == 2  # a name with nothing stored is still a mistake
+
+
+def test_rotating_a_tenant_reads_its_keys_once_not_once_per_result(
+    make_app: Any, store: S3Store
+) -> None:
+    app = _app(make_app)
+    backend = backend_of(app)
+    for i in range(20):
+        backend.store_result(f"acme-{i}", i, "SUCCESS", request=_Request("acme"))
+    with count_requests(backend.store.client) as seen:
+        done = invoke(envelope, "rotate", "--tenant", "acme", "--workers", "1", "--json", app=app)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["rewrapped"] == 20
+    key_store = [url for _, url in seen.sent if "envelope-tenant-keys" in url]
+    assert len(key_store) <= 9, "\n".join(key_store)  # 167 before: about 8 per result
+    assert backend_of(make_app(s3_base_path="celery/")).get_task_meta("acme-7")["result"] == 7

@@ -29,6 +29,9 @@ from .rotate import Rotation
 from .scan import ScanReport, scan
 
 BUCKET = "bucket"
+SWEEP_CACHE_SECONDS = 60.0
+"""How long ``rotate --tenant``'s sweep keeps the tenant's KEKs: a ``rotate --tenant`` racing
+the sweep is taken up within it (the runbook's second run finishes any object it missed)."""
 
 
 def key_objects(context: Context, target: Prefix | None, location: str | None) -> KeyObjects:
@@ -84,7 +87,9 @@ def tenant_rotation(
     """A new KEK for ``tenant`` (unless ``new_key`` is off: resume a run), and the sweep that
     rewraps the tenant's results under it; every other object is skipped."""
     kek_id = keys.new_version(tenant) if new_key else keys.active(tenant).id
-    source = TenantKeys(keys, keys.keyring, tenant)
+    # The sweep's own cache: each of the tenant's KEKs is read once, not once per object.
+    cached = TenantKeyStore(keys.objects, keys.keyring, cache_seconds=SWEEP_CACHE_SECONDS)
+    source = TenantKeys(cached, keys.keyring, tenant)
     return kek_id, Rotation(store, source, select=only_tenant(tenant), **options)
 
 
