@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "settings": 7,
     "redact": 8,
     "messages": 8,
+    "message_check": 8,  # the worker's side of the serializer
     "backend": 9,
     # the edges
     "ops": 10,

@@ -16,7 +16,8 @@ from celery import signals  # type: ignore[import-untyped]
 
 from .backend import EnvelopeS3Backend
 from .cli import envelope
-from .messages import install_worker, uses_envelope
+from .message_check import install_worker
+from .messages import uses_envelope
 from .redact import install
 
 __all__ = ["envelope", "install_at_worker_start"]
@@ -26,7 +27,7 @@ def install_at_worker_start(sender: Any, **_: Any) -> None:
     """``worker_init`` receiver, before the worker builds its event dispatcher and consumer:
     ``redact.install`` for a worker whose result backend is ours or whose task messages are
     sealed (a chain's results are the next task's arguments), and the consumer's check of
-    sealed messages (``messages.install_worker``)."""
+    sealed messages (``message_check.install_worker``)."""
     app = sender.app
     if EnvelopeS3Backend.configured_for(app) or uses_envelope(app.conf):
         install(app)
