@@ -416,9 +416,9 @@ class S3Store:
         Keys the server refuses to delete are logged (key and error code) and not counted.
         """
         deleted = 0
-        batch: list[str] = []
+        batch: list[dict[str, str]] = []
         for key in keys:
-            batch.append(key)
+            batch.append({"Key": key})
             if len(batch) == DELETE_BATCH_SIZE:
                 deleted += self._delete_batch(batch)
                 batch = []
@@ -426,17 +426,24 @@ class S3Store:
             deleted += self._delete_batch(batch)
         return deleted
 
-    def _delete_batch(self, keys: list[str]) -> int:
+    def _delete_batch(self, targets: list[dict[str, str]]) -> int:
+        """One DeleteObjects of ``targets`` (``Key``, and ``VersionId`` for a version); how many
+        were deleted. Each refusal is logged with its key, version and code."""
         response = self.client.delete_objects(
             Bucket=self.bucket,
-            Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+            Delete={"Objects": targets, "Quiet": True},  # type: ignore[typeddict-item]
         )
         errors = response.get("Errors", [])
         for error in errors:
+            version = error.get("VersionId")
             logger.warning(
-                "could not delete s3://%s/%s: %s", self.bucket, error.get("Key"), error.get("Code")
+                "could not delete s3://%s/%s%s: %s",
+                self.bucket,
+                error.get("Key"),
+                f" (version {version})" if version else "",
+                error.get("Code"),
             )
-        return len(keys) - len(errors)
+        return len(targets) - len(errors)
 
     def holds_versions(self, prefix: str) -> bool:
         """Whether any version or delete marker is stored under ``prefix`` (one request)."""
@@ -461,25 +468,10 @@ class S3Store:
                 if version:  # "null" too: without it, versioning on adds a marker over it
                     target["VersionId"] = version
                 targets.append(target)
-        deleted = refused = 0
+        deleted = 0
         for start in range(0, len(targets), DELETE_BATCH_SIZE):
-            batch = targets[start : start + DELETE_BATCH_SIZE]
-            response = self.client.delete_objects(
-                Bucket=self.bucket,
-                Delete={"Objects": batch, "Quiet": True},  # type: ignore[typeddict-item]
-            )
-            errors = response.get("Errors", [])
-            for error in errors:
-                logger.warning(
-                    "could not delete s3://%s/%s (version %s): %s",
-                    self.bucket,
-                    error.get("Key"),
-                    error.get("VersionId"),
-                    error.get("Code"),
-                )
-            deleted += len(batch) - len(errors)
-            refused += len(errors)
-        return deleted, refused
+            deleted += self._delete_batch(targets[start : start + DELETE_BATCH_SIZE])
+        return deleted, len(targets) - deleted
 
     def list(
         self, prefix: str = "", *, start_after: str | None = None, page_size: int | None = None
