@@ -114,12 +114,11 @@ def _mark_reprs(headers: dict[str, Any], payload: Any) -> None:
     a publisher's own): Celery would otherwise log the decoded arguments' reprs in their place."""
     from celery.utils.saferepr import saferepr
 
-    from .redact_text import result_marker
+    from .redact_text import is_result_marker, result_marker
 
     values = payload if isinstance(payload, list | tuple) and len(payload) == 3 else ((), {}, {})
     for name, value in (("argsrepr", values[0]), ("kwargsrepr", values[1])):
-        current = headers.get(name)
-        if not (isinstance(current, str) and current.startswith("<sealed: ")):
+        if not is_result_marker(headers.get(name)):
             headers[name] = result_marker(saferepr(value))
 
 

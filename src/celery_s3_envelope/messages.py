@@ -302,11 +302,11 @@ else:
 
 
 def _redact_reprs(headers: dict[str, Any]) -> None:
-    from .redact_text import result_marker
+    from .redact_text import is_result_marker, result_marker
 
     for name in ("argsrepr", "kwargsrepr"):
         value = headers.get(name)
-        if isinstance(value, str) and not value.startswith("<sealed: "):
+        if isinstance(value, str) and not is_result_marker(value):
             headers[name] = result_marker(value)
 
 

@@ -28,7 +28,13 @@ from typing import Any
 from celery.utils.imports import symbol_by_name  # type: ignore[import-untyped]
 from celery.utils.saferepr import saferepr  # type: ignore[import-untyped]
 
-from .redact_text import REDACTED, exception_summary, result_marker, traceback_summary
+from .redact_text import (
+    REDACTED,
+    exception_summary,
+    is_result_marker,
+    result_marker,
+    traceback_summary,
+)
 from .settings import setting_bool
 
 __all__ = [
@@ -181,7 +187,7 @@ def redact_arguments(fields: dict[str, Any]) -> dict[str, Any]:
     changes = {
         name: result_marker(value)
         for name in ("args", "kwargs")
-        if isinstance(value := fields.get(name), str) and not value.startswith("<sealed: ")
+        if isinstance(value := fields.get(name), str) and not is_result_marker(value)
     }
     return {**fields, **changes} if changes else fields
 

@@ -17,7 +17,13 @@ import sys
 
 from celery.app.task import Task  # type: ignore[import-untyped]
 
-__all__ = ["REDACTED", "exception_summary", "result_marker", "traceback_summary"]
+__all__ = [
+    "REDACTED",
+    "exception_summary",
+    "is_result_marker",
+    "result_marker",
+    "traceback_summary",
+]
 
 REDACTED = "<redacted>"
 REPR_LIMIT: int = Task.resultrepr_maxsize
@@ -91,6 +97,11 @@ def result_marker(text: str, limit: int = REPR_LIMIT) -> str:
     """
     size = _size(len(text.encode("utf-8", "surrogatepass")))
     return f"<sealed: {_type_of_repr(text)}, {'>' if len(text) >= limit else ''}{size}>"
+
+
+def is_result_marker(value: object) -> bool:
+    """``value`` is a marker ``result_marker`` made (already redacted: never marked twice)."""
+    return isinstance(value, str) and value.startswith("<sealed: ")
 
 
 def exception_summary(text: str) -> str:

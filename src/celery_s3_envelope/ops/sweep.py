@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ..errors import EnvelopeError, error_code
+from ..tenants import KEY_STORE_DIR
 
 if TYPE_CHECKING:  # botocore only where S3 is used: offline decode imports this module too
     from ..store import ObjectInfo, S3Store
@@ -32,10 +33,6 @@ def holds_run_state(key: str) -> bool:
     """Any distributed run's state document, whatever prefix the run had: what ``inspect`` and
     ``decode`` of a prefix leave out (``scan`` lists them, as foreign, with their reason)."""
     return RUNS_DIR in key
-
-
-KEY_STORE_DIR = ".envelope-tenant-keys/"
-"""Where the tenant key store keeps its records in a bucket (``tenants.KEY_STORE_DIR``)."""
 
 
 def is_key_store(key: str, prefix: str) -> bool:
