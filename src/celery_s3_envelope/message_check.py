@@ -37,8 +37,9 @@ WITHHELD = "<withheld by the envelope serializer: {} bytes>"
 APPLY_WITHHELD = "<withheld: a sealed task's request>"
 
 
-def _withhold(message: Any) -> None:
-    """Nothing of a refused message's body or argument reprs reaches Celery's log."""
+def _withhold(message: Any) -> str:
+    """Nothing of a refused message's body or argument reprs reaches Celery's log; returns
+    what the log may say of it (``_who``)."""
     body = message.body
     size = len(body) if isinstance(body, bytes | bytearray | str) else 0
     message.body = WITHHELD.format(size).encode()
@@ -47,6 +48,7 @@ def _withhold(message: Any) -> None:
         for name in ("argsrepr", "kwargsrepr"):
             if name in headers:
                 headers[name] = "<withheld>"
+    return _who(message)
 
 
 def _who(message: Any) -> str:
@@ -74,8 +76,7 @@ def checked_strategy(strategy: Callable[..., Any], envelope_only: bool) -> Calla
         if message.content_type != CONTENT_TYPE:
             if envelope_only:
                 content_type = message.content_type
-                who = _who(message)
-                _withhold(message)
+                who = _withhold(message)
                 raise ContentDisallowed(
                     f"Refusing to deserialize untrusted content of type {content_type!r} "
                     f"(accept_content is ['envelope']): task message {who}, body withheld"
@@ -85,8 +86,7 @@ def checked_strategy(strategy: Callable[..., Any], envelope_only: bool) -> Calla
         task_id = headers.get("id")
         body = message.body
         if not isinstance(task_id, str) or not isinstance(body, bytes | str) or not body:
-            who = _who(message)
-            _withhold(message)
+            who = _withhold(message)
             raise InvalidTaskError(
                 f"refused a sealed task message {who}: no task id header, or no body to open"
             )
@@ -95,8 +95,7 @@ def checked_strategy(strategy: Callable[..., Any], envelope_only: bool) -> Calla
             payload = message.decode()  # cached: the strategy's message.payload reads this
         except Exception as exc:
             reason = _reason(exc)
-            who = _who(message)
-            _withhold(message)
+            who = _withhold(message)
             raise InvalidTaskError(
                 f"refused a sealed task message {who}: it does not open for this message ({reason})"
             ) from None

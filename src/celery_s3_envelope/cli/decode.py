@@ -22,12 +22,13 @@ import click
 from ..envelope import TAG_SIZE, Compression, EnvelopeHeader
 from ..errors import EnvelopeError, IntegrityError, NotAnEnvelope, SizeLimitExceeded
 from ..kek import KeyEntry
-from ..keyring import TENANT_KEK_PREFIX, Keyring, KeySource
+from ..keyring import Keyring, KeySource
 from ..messages import sealed_body
 from ..ops.context import Context, SettingsError
 from ..pipeline import Pipeline
 from ..pipeline import inspect as inspect_header
 from ..private_file import write_private
+from ..tenants import TenantKeyStore, is_tenant_kek_id
 from .options import CONTEXT_SETTINGS, context_of, keyring_option, s3_options, settings_errors
 from .sources import Source, SourceError, aws_errors, read, read_header, sources_of
 from .status import ConfigurationError, Status
@@ -328,7 +329,7 @@ def decode(
     fail = Failures(as_json)
     with settings_errors():
         keyring = context.keyring(keyring_path)
-        keys = _with_tenant_keys(context, keyring, tenant_keys)
+        keys = _TenantKeysOnDemand(context, keyring, tenant_keys)
     items = sources_of(context, sources, fail)
     if raw and out is None and len(items) > 1:
         raise click.UsageError("--raw with several sources needs --out DIR")
@@ -349,27 +350,23 @@ def decode(
     ctx.exit(fail.status)
 
 
-def _with_tenant_keys(context: Context, keyring: Keyring, location: str | None) -> KeySource:
-    """The keyring, and the tenant key store (``--tenant-keys``, else the Celery app's) built
-    when the first tenant KEK id is met: a decode without tenants imports and reads nothing more."""
-    return _TenantKeysOnDemand(context, keyring, location)
-
-
 class _TenantKeysOnDemand:
-    """``KeySource``: the keyring's KEKs, and tenant KEKs from a key store opened on demand."""
+    """``KeySource``: the keyring's KEKs, and tenant KEKs from the tenant key store
+    (``--tenant-keys``, else the Celery app's), opened when the first tenant KEK id is met: a
+    decode without tenants reads nothing more."""
 
     def __init__(self, context: Context, keyring: Keyring, location: str | None) -> None:
         self.context = context
         self.keyring = keyring
         self.location = location
-        self._store: Any = None
+        self._store: TenantKeyStore | None = None
 
     @property
     def active(self) -> KeyEntry:
         return self.keyring.active
 
     def for_unwrap(self, kek_id: str) -> KeyEntry:
-        if not kek_id.startswith(TENANT_KEK_PREFIX):
+        if not is_tenant_kek_id(kek_id):
             return self.keyring.for_unwrap(kek_id)
         if self._store is None:
             context = self.context
@@ -383,8 +380,7 @@ class _TenantKeysOnDemand:
             self._store = tenant_store(
                 context, context.default_prefix(), self.keyring, self.location
             )
-        entry: KeyEntry = self._store.get(kek_id)
-        return entry
+        return self._store.get(kek_id)
 
 
 # -- inspect ----------------------------------------------------------------------------------
