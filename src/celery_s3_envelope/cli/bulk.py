@@ -39,7 +39,7 @@ from .options import (
 )
 from .reports import interrupted, print_scan, print_sweep, with_progress
 from .status import ConfigurationError, Status
-from .tenants import known_tenant, tenant_keys_option
+from .tenants import find_tenant, no_such_tenant, tenant_keys_option
 from .terminal import json_text, safe
 
 
@@ -225,7 +225,7 @@ def _rotate_tenants(
             )
             sys.exit(Status.DAMAGED)
         return
-    known = known_tenant(keys, name)
+    known = find_tenant(keys, name) or no_such_tenant(keys, name)
     if known.shredded:
         click.echo(f"Error: tenant {safe(name)} was shredded: it has no KEK to rotate", err=True)
         sys.exit(Status.USAGE)

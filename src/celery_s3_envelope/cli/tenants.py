@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -37,17 +37,19 @@ tenant_keys_option = click.option(
 )
 
 
-def known_tenant(keys: TenantKeyStore, name: str) -> TenantInfo:
-    """The key store's entry for tenant ``name``, or exit 2 with one line naming where it looked."""
-    known = next((info for info in keys.tenants() if info.tenant == name), None)
-    if known is None:
-        click.echo(
-            f"Error: no tenant {safe(name)} in the key store {safe(keys.location)}: "
-            "check the name and --tenant-keys",
-            err=True,
-        )
-        sys.exit(Status.USAGE)
-    return known
+def find_tenant(keys: TenantKeyStore, name: str) -> TenantInfo | None:
+    """The key store's entry for tenant ``name``; None when it lists none."""
+    return next((info for info in keys.tenants() if info.tenant == name), None)
+
+
+def no_such_tenant(keys: TenantKeyStore, name: str) -> NoReturn:
+    """Exit 2 with one line naming the tenant and where it was looked for."""
+    click.echo(
+        f"Error: no tenant {safe(name)} in the key store {safe(keys.location)}: "
+        "check the name and --tenant-keys",
+        err=True,
+    )
+    sys.exit(Status.USAGE)
 
 
 @click.command(
@@ -190,11 +192,11 @@ def shred(
     context, target = target_of(ctx, options)
     with settings_errors():
         keys = ops.tenant_store(context, target, _NO_ROOT, tenant_keys)
-    known = next((info for info in keys.tenants() if info.tenant == name), None)
+    known = find_tenant(keys, name)
     if known is None and keys.holds_copies(name):
         known = TenantInfo(name, (), False)  # records deleted by hand, versions left: shred them
     if known is None:
-        known = known_tenant(keys, name)  # exits, saying where it looked
+        no_such_tenant(keys, name)
     already = known.shredded and not known.versions
     try:
         deleted = keys.shred(name)
