@@ -436,11 +436,11 @@ class S3Store:
         errors = response.get("Errors", [])
         for error in errors:
             version = error.get("VersionId")
-            logger.warning(
-                "could not delete s3://%s/%s%s: %s",
-                self.bucket,
+            logger.warning(  # the key and code as the server sent them: escaped (repr)
+                "could not delete %r%s from s3://%s: %r",
                 error.get("Key"),
-                f" (version {version})" if version else "",
+                f" (version {version!r})" if version else "",
+                self.bucket,
                 error.get("Code"),
             )
         return len(targets) - len(errors)
